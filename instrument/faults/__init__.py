@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAULT_KINDS",
-    "HEADER_PREFIX",
     "FaultInjector",
+    "HEADER_PREFIX",
     "Rule",
     "ServerFault",
     "active_rules",

@@ -1,0 +1,467 @@
+"""The call pipeline: the one place that wraps a patched call.
+
+An integration describes *where* a call goes once (an :class:`Endpoint`: kind, system, target identity,
+static attributes, how the client fails) and *what* it does per operation (an :class:`Op`, cached on the
+endpoint). Per call it hands over the wrapped function and its arguments; :meth:`Endpoint.call` (sync)
+and :meth:`Endpoint.acall` (async) then run, around it:
+
+    span start -> context injection -> [policies ... -> faults] -> the client call -> span end,
+    duration histogram, failure/slow-call log event
+
+Everything that does not change per call (attribute dicts, metric attribute sets, the policy chain)
+is computed once per endpoint or per operation. Any failure in this module's own code is contained
+(:func:`instrument._safety.report`): the application sees exactly the result or exception of its call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from instrument import _context, _instruments
+from instrument._safety import report
+
+__all__ = ["CallState", "ClientErrors", "Endpoint", "Op", "endpoint", "error_type"]
+
+_perf = time.perf_counter
+_set_span_in_context = trace.set_span_in_context
+_ERROR = StatusCode.ERROR
+_CancelledError = asyncio.CancelledError
+
+
+def _any_exception(exc: BaseException) -> bool:
+    return isinstance(exc, Exception)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientErrors:
+    """How a client library fails, so that policies, faults and error.type look like the real thing.
+
+    ``catch``: exception types users of the client already catch; rejections (CircuitOpen ...) and
+    injected faults on this client's calls also subclass the first one. ``connect``/``timeout``/``reset``
+    build the client's own exception for a message; ``status`` synthesizes a response with a status
+    code and optional Retry-After seconds (HTTP only). ``is_failure`` decides which exceptions count
+    against a breaker and are retried; ``describe`` adds attributes for an error (SQLSTATE ...).
+    """
+
+    catch: tuple[type[BaseException], ...] = ()
+    connect: Callable[[str], BaseException] = ConnectionRefusedError
+    timeout: Callable[[str], BaseException] = TimeoutError
+    reset: Callable[[str], BaseException] = ConnectionResetError
+    status: Callable[[int, float | None], Any] | None = None
+    is_failure: Callable[[BaseException], bool] = _any_exception
+    is_timeout: Callable[[BaseException], bool] = _is_timeout
+    describe: Callable[[BaseException], Mapping[str, Any] | None] | None = None
+
+
+DEFAULT_ERRORS = ClientErrors()
+
+_error_types: dict[type, str] = {}
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type`` for an exception: its fully qualified class name (builtins unqualified)."""
+    cls = type(exc)
+    name = _error_types.get(cls)
+    if name is None:
+        module = cls.__module__
+        name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        if len(_error_types) < 1024:
+            _error_types[cls] = name
+    return name
+
+
+_HISTOGRAM = {
+    "http": "http.client.request.duration",
+    "db": "db.client.operation.duration",
+    "messaging": "messaging.client.operation.duration",
+}
+_OPERATION_KEY = {"http": "http.request.method", "db": "db.operation.name", "messaging": "messaging.operation.name"}
+_SUBJECT_KEY = {"db": "db.collection.name", "messaging": "messaging.destination.name"}
+
+
+class Op:
+    """One kind of operation on one endpoint (``GET``, ``SELECT users``, ``publish orders``).
+
+    Holds everything per-operation that the hot path would otherwise rebuild: span name, kind and
+    attributes, the histogram, and the metric attribute dicts per outcome.
+    """
+
+    __slots__ = ("counter", "endpoint", "histogram", "idempotent", "metric_base", "name",
+                 "span_attributes", "span_kind", "span_name", "subject", "_metric_attrs")
+
+    def __init__(self, endpoint: Endpoint, name: str, subject: str | None, *, span_name: str,
+                 span_kind: SpanKind, histogram: str, counter: str | None, idempotent: bool,
+                 span_attributes: dict[str, Any], metric_base: dict[str, Any]) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.subject = subject
+        self.span_name = span_name
+        self.span_kind = span_kind
+        self.histogram = _instruments.get(histogram)
+        self.counter = _instruments.get(counter) if counter else None
+        self.idempotent = idempotent
+        self.span_attributes = span_attributes
+        self.metric_base = metric_base
+        self._metric_attrs: dict[tuple[int | None, str | None], dict[str, Any]] = {}
+
+    def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
+        """The (cached, shared, never mutated) metric attributes for one outcome."""
+        key = (status, error)
+        attrs = self._metric_attrs.get(key)
+        if attrs is None:
+            attrs = dict(self.metric_base)
+            if status is not None:
+                attrs["http.response.status_code"] = status
+            if error is not None:
+                attrs["error.type"] = error
+            if len(self._metric_attrs) < 64:
+                self._metric_attrs[key] = attrs
+        return attrs
+
+
+class CallState:
+    """What policies and faults may read or note about the running call (see ``_context.current``)."""
+
+    __slots__ = ("count", "op", "resend_count", "span", "start")
+
+    def __init__(self, op: Op, span: trace.Span, start: float) -> None:
+        self.op = op
+        self.span = span
+        self.start = start
+        self.resend_count = 0
+        self.count = 1
+
+    @property
+    def idempotent(self) -> bool:
+        return self.op.idempotent
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None) -> None:
+        self.span.add_event(name, attributes)
+
+
+DeadlineHook = Callable[[tuple[Any, ...], dict[str, Any], float], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """A dependency as seen by one client library: resolved once per target, then reused per call.
+
+    Build it with :func:`endpoint` (cached). ``status_of(result)`` reads a status code from a result
+    (HTTP); codes ``>= error_status`` set error.type and the span's error status. ``apply_deadline``
+    hands the remaining deadline of a Timeout policy to the client's own timeout arguments.
+    """
+
+    kind: str
+    system: str
+    target: str
+    server_address: str | None = None
+    server_port: int | None = None
+    namespace: str | None = None
+    errors: ClientErrors = DEFAULT_ERRORS
+    status_of: Callable[[Any], int | None] | None = None
+    error_status: int = 400
+    apply_deadline: DeadlineHook | None = None
+    span_attributes: dict[str, Any] = field(default_factory=dict)
+    metric_attributes: dict[str, Any] = field(default_factory=dict)
+    _ops: dict[tuple[str, str | None, SpanKind | None, bool], Op] = field(default_factory=dict, repr=False)
+    _chain: Any = field(default=None, repr=False)
+    _chain_generation: int = field(default=-1, repr=False)
+    _in_flight: set[int] = field(default_factory=set, repr=False)
+
+    # -- per operation ---------------------------------------------------------------------------
+
+    def op(self, name: str, subject: str | None = None, *, span_kind: SpanKind | None = None,
+           span_name: str | None = None, histogram: str | None = None, counter: str | None = None,
+           idempotent: bool = True, attributes: Mapping[str, Any] | None = None) -> Op:
+        """The cached :class:`Op` for ``name`` on ``subject`` (table, queue, topic). Cheap after the first call."""
+        key = (name, subject, span_kind, idempotent)
+        found = self._ops.get(key)
+        if found is not None:
+            return found
+        kind = self.kind
+        span_attrs = dict(self.span_attributes)
+        metric_attrs = dict(self.metric_attributes)
+        if name:
+            span_attrs[_OPERATION_KEY.get(kind, "operation.name")] = name
+            metric_attrs[_OPERATION_KEY.get(kind, "operation.name")] = name
+        subject_key = _SUBJECT_KEY.get(kind)
+        if subject and subject_key:
+            span_attrs[subject_key] = subject
+            if kind == "messaging":
+                metric_attrs[subject_key] = subject
+        if attributes:
+            span_attrs.update(attributes)
+        if span_name is None:
+            span_name = _default_span_name(self, name, subject)
+        created = Op(self, name, subject, span_name=span_name, span_kind=span_kind or SpanKind.CLIENT,
+                     histogram=histogram or _HISTOGRAM.get(kind, "http.client.request.duration"),
+                     counter=counter, idempotent=idempotent, span_attributes=span_attrs, metric_base=metric_attrs)
+        if len(self._ops) < 256:  # bounded: operation names come from code, but be safe
+            self._ops[key] = created
+        return created
+
+    # -- the call --------------------------------------------------------------------------------
+
+    def call(self, op: Op, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+             attributes: Mapping[str, Any] | None = None, carrier: MutableMapping[str, str] | None = None,
+             on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
+             links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
+        """Run ``fn(*args, **kwargs)`` as ``op`` on this endpoint, with telemetry and policies."""
+        if _context.suppressed.get() or _context.is_suppressed():
+            return fn(*args, **kwargs)
+        try:
+            state = self._start(op, attributes, carrier, parent, links)
+            chain = self._chain if self._chain_generation == _context.generation.value else self._rebuild()
+        except Exception as exc:  # noqa: BLE001 - never let our code break the call
+            report("call start", exc)
+            return fn(*args, **kwargs)
+        token = _context.suppressed.set(True)
+        state_token = _context.current.set(state)
+        activated = _activate(state.span) if activate else None
+        try:
+            if chain is None:
+                result = fn(*args, **kwargs)
+            else:
+                result = chain.call(self._invoke, fn, args, kwargs, deadline_hook or self.apply_deadline)
+        except BaseException as exc:
+            _restore(token, state_token, activated)
+            self._finish(state, None, exc, on_result)
+            raise
+        _restore(token, state_token, activated)
+        self._finish(state, result, None, on_result)
+        return result
+
+    async def acall(self, op: Op, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                    attributes: Mapping[str, Any] | None = None, carrier: MutableMapping[str, str] | None = None,
+                    on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
+                    links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
+        """The async twin of :meth:`call`: ``fn`` returns an awaitable."""
+        if _context.suppressed.get() or _context.is_suppressed():
+            return await fn(*args, **kwargs)
+        try:
+            state = self._start(op, attributes, carrier, parent, links)
+            chain = self._chain if self._chain_generation == _context.generation.value else self._rebuild()
+        except Exception as exc:  # noqa: BLE001 - never let our code break the call
+            report("call start", exc)
+            return await fn(*args, **kwargs)
+        token = _context.suppressed.set(True)
+        state_token = _context.current.set(state)
+        activated = _activate(state.span) if activate else None
+        try:
+            if chain is None:
+                result = await fn(*args, **kwargs)
+            else:
+                result = await chain.acall(self._ainvoke, fn, args, kwargs, deadline_hook or self.apply_deadline)
+        except BaseException as exc:
+            _restore(token, state_token, activated)
+            self._finish(state, None, exc, on_result)
+            raise
+        _restore(token, state_token, activated)
+        self._finish(state, result, None, on_result)
+        return result
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                hook: DeadlineHook | None) -> Any:
+        """The innermost step: hand a Timeout policy's remaining deadline to the client, then call."""
+        if hook is not None:
+            left = _context.remaining()
+            if left is not None:
+                args, kwargs = hook(args, kwargs, left)
+        return fn(*args, **kwargs)
+
+    @staticmethod
+    async def _ainvoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                       hook: DeadlineHook | None) -> Any:
+        if hook is not None:
+            left = _context.remaining()
+            if left is not None:
+                args, kwargs = hook(args, kwargs, left)
+        return await fn(*args, **kwargs)
+
+    def _start(self, op: Op, attributes: Mapping[str, Any] | None, carrier: MutableMapping[str, str] | None,
+               parent: Any, links: Any) -> CallState:
+        attrs = op.span_attributes if not attributes else {**op.span_attributes, **attributes}
+        span = _instruments.tracer().start_span(op.span_name, context=parent, kind=op.span_kind,
+                                                attributes=attrs, links=links)
+        if carrier is not None:
+            propagate.inject(carrier, context=_set_span_in_context(span))
+        state = CallState(op, span, _perf())
+        self._in_flight.add(id(state))
+        return state
+
+    def _finish(self, state: CallState, result: Any, exc: BaseException | None,
+                on_result: Callable[[trace.Span, Any], None] | None) -> None:
+        try:
+            duration = _perf() - state.start
+            self._in_flight.discard(id(state))
+            op = state.op
+            span = state.span
+            status: int | None = None
+            error: str | None = None
+            if exc is None:
+                if self.status_of is not None:
+                    status = self.status_of(result)
+                    if status is not None and status >= self.error_status:
+                        error = str(status)
+                if on_result is not None:
+                    on_result(span, result)
+            elif not isinstance(exc, _CancelledError):  # a cancelled call is not an error
+                error = error_type(exc)
+            if span.is_recording():
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                if state.resend_count and self.kind == "http":
+                    span.set_attribute("http.request.resend_count", state.resend_count)
+                if error is not None:
+                    span.set_attribute("error.type", error)
+                    if exc is not None:
+                        describe = self.errors.describe
+                        extra = describe(exc) if describe is not None else None
+                        if extra:
+                            span.set_attributes(extra)
+                        span.record_exception(exc)
+                        span.set_status(Status(_ERROR, f"{type(exc).__name__}: {exc}"[:512]))
+                    else:
+                        span.set_status(Status(_ERROR))
+            span.end()
+            attrs = op.metric_attributes(status, error)
+            op.histogram.record(duration, attrs)
+            if op.counter is not None:
+                op.counter.add(state.count, attrs)
+            if error is not None or duration >= _slow_threshold[0]:
+                _log_call(self, state, duration, status, error, exc)
+        except Exception as internal:  # noqa: BLE001 - never let our code break the call
+            report("call finish", internal)
+
+    def _rebuild(self) -> Any:
+        """Resolve the policy and fault chain for this target from the current rules."""
+        generation = _context.generation.value
+        chain = None
+        try:
+            from instrument._chain import build_chain
+
+            chain = build_chain(self)
+        except Exception as exc:  # noqa: BLE001 - a broken rule set must not break calls
+            report("policy chain", exc)
+        self._chain = chain
+        self._chain_generation = generation
+        return chain
+
+    @property
+    def active_requests(self) -> int:
+        return len(self._in_flight)
+
+
+def _activate(span: trace.Span) -> object:
+    from opentelemetry import context
+
+    return context.attach(_set_span_in_context(span))
+
+
+def _restore(token: Any, state_token: Any, activated: object) -> None:
+    if activated is not None:
+        from opentelemetry import context
+
+        context.detach(activated)
+    _context.current.reset(state_token)
+    _context.suppressed.reset(token)
+
+
+def _default_span_name(ep: Endpoint, name: str, subject: str | None) -> str:
+    if ep.kind == "http":
+        return "HTTP" if name in ("_OTHER", "") else name
+    if ep.kind == "db":
+        if name and subject:
+            return f"{name} {subject}"
+        if name and ep.namespace:
+            return f"{name} {ep.namespace}"
+        return name or ep.system
+    if subject:
+        return f"{name} {subject}"
+    return name or ep.system
+
+
+_slow_threshold = [1.0]  # seconds; set by init() from INSTRUMENT_SLOW_CALL_THRESHOLD
+
+
+def _log_call(ep: Endpoint, state: CallState, duration: float, status: int | None, error: str | None,
+              exc: BaseException | None) -> None:
+    import structlog
+
+    ctx = state.span.get_span_context()
+    fields: dict[str, Any] = {
+        "target": ep.target,
+        "operation": state.op.name,
+        "duration_ms": round(duration * 1000, 3),
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+    }
+    if status is not None:
+        fields["status_code"] = status
+    log = structlog.get_logger("instrument")
+    if error is not None:
+        fields["error_type"] = error
+        if exc is not None:
+            fields["error"] = str(exc)[:300]
+        log.warning("call.failed", **fields)
+    else:
+        log.info("call.slow", **fields)
+
+
+_endpoints: dict[tuple[str, str, str], Endpoint] = {}
+_ENDPOINTS_MAX = 4096
+
+
+def endpoint(kind: str, system: str, target: str, *, server_address: str | None = None,
+             server_port: int | None = None, namespace: str | None = None,
+             errors: ClientErrors = DEFAULT_ERRORS, status_of: Callable[[Any], int | None] | None = None,
+             error_status: int = 400, apply_deadline: DeadlineHook | None = None,
+             attributes: Mapping[str, Any] | None = None) -> Endpoint:
+    """The cached :class:`Endpoint` for ``(kind, system, target)``; built on first use.
+
+    ``kind`` is ``http``, ``db`` or ``messaging``; ``target`` is the identity policies and faults
+    match on, e.g. ``http://payments:8080``, ``postgresql://db:5432/orders``, ``rabbitmq://mq:5672``.
+    """
+    key = (kind, system, target)
+    found = _endpoints.get(key)
+    if found is not None:
+        return found
+    span_attrs: dict[str, Any] = {}
+    metric_attrs: dict[str, Any] = {}
+    if kind == "db":
+        span_attrs["db.system.name"] = metric_attrs["db.system.name"] = system
+        if namespace:
+            span_attrs["db.namespace"] = metric_attrs["db.namespace"] = namespace
+    elif kind == "messaging":
+        span_attrs["messaging.system"] = metric_attrs["messaging.system"] = system
+    if server_address:
+        span_attrs["server.address"] = metric_attrs["server.address"] = server_address
+    if server_port is not None:
+        span_attrs["server.port"] = metric_attrs["server.port"] = server_port
+    if attributes:
+        span_attrs.update(attributes)
+    created = Endpoint(kind, system, target, server_address, server_port, namespace, errors, status_of,
+                       error_status, apply_deadline, span_attrs, metric_attrs)
+    if len(_endpoints) >= _ENDPOINTS_MAX:
+        _endpoints.pop(next(iter(_endpoints)))  # oldest first: insertion order
+    _endpoints[key] = created
+    return created
+
+
+def endpoints() -> list[Endpoint]:
+    """Every endpoint seen so far (for observable metrics and ``instrument doctor``)."""
+    return list(_endpoints.values())

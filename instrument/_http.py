@@ -1,0 +1,155 @@
+"""What every HTTP client integration shares: URL redaction, method names, header capture, exclusion.
+
+All of it is computed once per distinct URL or header name and cached (bounded), since the same
+URLs come back call after call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from instrument import _settings
+
+REDACTED = "REDACTED"
+# The semconv list, then common secrets. INSTRUMENT_REDACT_QUERY_KEYS adds more.
+SENSITIVE_QUERY_KEYS = frozenset(k.lower() for k in (
+    "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "AWSAccessKeyId", "Signature", "sig",
+    "X-Goog-Signature", "token", "access_token", "refresh_token", "id_token", "api_key", "apikey", "api-key",
+    "key", "password", "passwd", "secret", "client_secret", "auth", "session", "sessionid", "code"))
+SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                               "x-auth-token", "x-amz-security-token"})
+KNOWN_METHODS = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE", "QUERY"})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+IDEMPOTENCY_HEADERS = ("idempotency-key", "x-idempotency-key")
+
+_CACHE_MAX = 2048
+_redacted: dict[str, str] = {}
+
+
+def method_name(method: str | bytes) -> str:
+    """``http.request.method``: the upper-case method, or ``_OTHER`` for unknown ones."""
+    if isinstance(method, bytes):
+        method = method.decode("latin-1")
+    upper = method.upper()
+    return upper if upper in KNOWN_METHODS else "_OTHER"
+
+
+def is_idempotent(method: str, headers: Mapping[str, Any] | None) -> bool:
+    """Safe to retry: an idempotent method, or any method carrying an idempotency key."""
+    if method in IDEMPOTENT_METHODS:
+        return True
+    if headers:
+        try:
+            return any(h in headers for h in IDEMPOTENCY_HEADERS) or any(
+                str(k).lower() in IDEMPOTENCY_HEADERS for k in headers)
+        except Exception:  # noqa: BLE001 - odd header containers: be conservative
+            return False
+    return False
+
+
+def _sensitive_keys() -> frozenset[str]:
+    extra = _settings.active().redact_query_keys
+    return SENSITIVE_QUERY_KEYS | frozenset(extra) if extra else SENSITIVE_QUERY_KEYS
+
+
+def redact_url(url: str) -> str:
+    """``url.full`` without secrets: userinfo becomes REDACTED:REDACTED, sensitive query values REDACTED."""
+    cached = _redacted.get(url)
+    if cached is not None:
+        return cached
+    result = _redact(url)
+    if len(_redacted) >= _CACHE_MAX:
+        _redacted.clear()
+    _redacted[url] = result
+    return result
+
+
+def _redact(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        keys = _sensitive_keys()
+        pieces = []
+        for piece in query.split("&"):
+            key, sep, _value = piece.partition("=")
+            if sep and _unquote_lower(key) in keys:
+                piece = f"{key}={REDACTED}"
+            pieces.append(piece)
+        query = "&".join(pieces)
+    # The fragment is never sent to the server; drop it (it can hold OAuth tokens).
+    return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
+
+
+def _unquote_lower(key: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(key).lower()
+
+
+def host_port(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a URL, with the scheme's default port."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    port = parts.port or (443 if scheme in ("https", "wss") else 80)
+    return scheme, parts.hostname or "", port
+
+
+_excluded: tuple[str, re.Pattern[str] | None] = ("", None)
+
+
+def is_excluded(url: str) -> bool:
+    """True when ``url`` matches INSTRUMENT_EXCLUDED_URLS."""
+    global _excluded
+    patterns = _settings.active().excluded_urls
+    if not patterns:
+        return False
+    key = "\n".join(patterns)
+    if _excluded[0] != key:
+        _excluded = (key, re.compile("|".join(f"(?:{p})" for p in patterns)))
+    compiled = _excluded[1]
+    return compiled is not None and compiled.search(url) is not None
+
+
+def header_attributes(direction: str, names: Iterable[str], headers: Any) -> dict[str, Any]:
+    """``http.{request,response}.header.<name>`` for the allow-listed names, sensitive ones redacted."""
+    out: dict[str, Any] = {}
+    for name in names:
+        try:
+            value = headers.get(name)
+        except Exception:  # noqa: BLE001
+            value = None
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("latin-1")
+        out[f"http.{direction}.header.{name}"] = [REDACTED if name in SENSITIVE_HEADERS else str(value)]
+    return out
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        import datetime as _dt
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None

@@ -1,0 +1,233 @@
+"""OpenTelemetry providers: tracer, meter and logger providers with OTLP (or console) exporters.
+
+If the application already installed its own providers, they are used as they are and nothing is
+replaced. Exports run in the SDK's background threads with bounded queues and timeouts, so a missing
+or hanging collector costs the application nothing but dropped telemetry.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+
+from instrument._instruments import VERSION
+from instrument._settings import Exporter, Settings
+
+
+@dataclass
+class Providers:
+    """What init() installed (owned) or found (not owned): shutdown only flushes what we own."""
+
+    tracer_provider: Any = None
+    meter_provider: Any = None
+    logger_provider: Any = None
+    owned: list[Any] = field(default_factory=list)
+
+
+def build_resource(settings: Settings) -> Any:
+    from opentelemetry.sdk.resources import Resource
+
+    attrs: dict[str, Any] = {
+        "service.name": settings.service_name,
+        "service.instance.id": str(uuid.uuid4()),
+        "telemetry.sdk.language": "python",
+        "telemetry.distro.name": "instrument",
+        "telemetry.distro.version": VERSION,
+        "host.name": socket.gethostname(),
+        "host.arch": platform.machine(),
+        "os.type": sys.platform,
+        "process.pid": os.getpid(),
+        "process.runtime.name": sys.implementation.name,
+        "process.runtime.version": platform.python_version(),
+        "process.executable.path": sys.executable,
+    }
+    if settings.service_version:
+        attrs["service.version"] = settings.service_version
+    attrs.update(settings.resource_attributes)
+    attrs["service.name"] = settings.service_name
+    # Resource.create would also read OTEL_RESOURCE_ATTRIBUTES itself; we already parsed it once.
+    return Resource(attrs)
+
+
+def _sampler(settings: Settings) -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    ratio = 1.0 if settings.sampler_arg is None else settings.sampler_arg
+    return {
+        "always_on": lambda: sampling.ALWAYS_ON,
+        "always_off": lambda: sampling.ALWAYS_OFF,
+        "traceidratio": lambda: sampling.TraceIdRatioBased(ratio),
+        "parentbased_always_on": lambda: sampling.ParentBased(sampling.ALWAYS_ON),
+        "parentbased_always_off": lambda: sampling.ParentBased(sampling.ALWAYS_OFF),
+        "parentbased_traceidratio": lambda: sampling.ParentBased(sampling.TraceIdRatioBased(ratio)),
+    }[settings.sampler]()
+
+
+def _otlp_kwargs(exp: Exporter) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"timeout": exp.timeout}
+    if exp.endpoint:
+        kwargs["endpoint"] = exp.endpoint
+    if exp.headers:
+        kwargs["headers"] = dict(exp.headers)
+    if exp.protocol == "grpc" and exp.endpoint:
+        kwargs["insecure"] = not exp.endpoint.startswith("https://")
+    return kwargs
+
+
+def _span_exporter(exp: Exporter) -> Any:
+    if exp.kind == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    if exp.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter(**_otlp_kwargs(exp))
+
+
+def _metric_exporter(exp: Exporter) -> Any:
+    if exp.kind == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+
+        return ConsoleMetricExporter()
+    if exp.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
+    return OTLPMetricExporter(**_otlp_kwargs(exp))
+
+
+def _log_exporter(exp: Exporter) -> Any:
+    if exp.kind == "console":
+        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+
+        return ConsoleLogRecordExporter()
+    if exp.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # type: ignore[assignment]
+    return OTLPLogExporter(**_otlp_kwargs(exp))
+
+
+def _is_default(provider: Any, proxy_type_names: tuple[str, ...]) -> bool:
+    return type(provider).__name__ in proxy_type_names
+
+
+def setup(settings: Settings) -> Providers:
+    """Install providers from ``settings`` unless the application installed its own."""
+    providers = Providers()
+    _setup_propagators(settings)
+    if settings.sdk_disabled:
+        return providers
+    resource = build_resource(settings)
+
+    current_tp = trace.get_tracer_provider()
+    if _is_default(current_tp, ("ProxyTracerProvider", "NoOpTracerProvider")):
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        tp = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
+        if settings.traces.kind != "none":
+            tp.add_span_processor(BatchSpanProcessor(_span_exporter(settings.traces),
+                                                     export_timeout_millis=settings.traces.timeout * 1000))
+        trace.set_tracer_provider(tp)
+        providers.owned.append(tp)
+        current_tp = tp
+    providers.tracer_provider = current_tp
+
+    current_mp = metrics.get_meter_provider()
+    if _is_default(current_mp, ("_ProxyMeterProvider", "NoOpMeterProvider")):
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers = []
+        if settings.metrics.kind != "none":
+            readers.append(PeriodicExportingMetricReader(
+                _metric_exporter(settings.metrics),
+                export_interval_millis=settings.metric_export_interval * 1000,
+                export_timeout_millis=settings.metrics.timeout * 1000))
+        mp = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        metrics.set_meter_provider(mp)
+        providers.owned.append(mp)
+        current_mp = mp
+    providers.meter_provider = current_mp
+
+    from opentelemetry import _logs
+
+    current_lp = _logs.get_logger_provider()
+    if _is_default(current_lp, ("ProxyLoggerProvider", "NoOpLoggerProvider")):
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+        lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
+        if settings.logs.kind != "none":
+            lp.add_log_record_processor(BatchLogRecordProcessor(_log_exporter(settings.logs),
+                                                                export_timeout_millis=settings.logs.timeout * 1000))
+        _logs.set_logger_provider(lp)
+        providers.owned.append(lp)
+        current_lp = lp
+    providers.logger_provider = current_lp
+    return providers
+
+
+def _setup_propagators(settings: Settings) -> None:
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    chosen: list[Any] = []
+    for name in settings.propagators:
+        if name == "tracecontext":
+            chosen.append(TraceContextTextMapPropagator())
+        elif name == "baggage":
+            chosen.append(W3CBaggagePropagator())
+        else:  # b3, jaeger: optional packages, loaded through OTel's own entry points
+            try:
+                from opentelemetry.propagate import _load_propagator  # type: ignore[attr-defined]
+            except ImportError:
+                _load_propagator = None
+            if _load_propagator is None:
+                continue
+            chosen.append(_load_propagator(name))
+    propagate.set_global_textmap(CompositePropagator(chosen))
+
+
+def shutdown(providers: Providers, timeout: float) -> None:
+    """Flush and shut down what we own, within ``timeout`` seconds in total."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+
+    def _run() -> None:
+        for provider in providers.owned:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                flush = getattr(provider, "force_flush", None)
+                if flush is not None:
+                    flush(int(left * 1000))
+            except Exception:  # noqa: BLE001, S110 - a flush failure must not break shutdown
+                pass
+        for provider in providers.owned:
+            try:
+                if type(provider).__name__ == "MeterProvider":
+                    provider.shutdown(timeout_millis=max(1, (deadline - time.monotonic()) * 1000))
+                else:
+                    provider.shutdown()
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+    # Exporters can block past their own timeouts (gRPC reconnect backoff): a daemon thread bounds it.
+    worker = threading.Thread(target=_run, name="instrument-shutdown", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,5 @@
+"""``import instrument.auto``: initialise the toolkit from the environment, as a side effect of import."""
+
+from instrument import init
+
+init()
