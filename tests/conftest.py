@@ -89,3 +89,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def tel():  # type: ignore[no-untyped-def]
+    """In-memory spans/metrics/logs for an in-process test (``instrument.testing.capture``).
+
+    Also subscribes the policy-event listener, so span events and instrument.* metrics show up.
+    """
+    from instrument import _policy_telemetry
+    from instrument.testing import capture
+
+    with capture() as captured:
+        _policy_telemetry.install()
+        yield captured
+
+
+@pytest.fixture
+def patched():  # type: ignore[no-untyped-def]
+    """``patched("redis")`` patches one integration for the test and unpatches it afterwards."""
+    from instrument import integrations
+
+    done: list[str] = []
+
+    def _patch(name: str) -> None:
+        assert integrations.patch(name), f"could not patch {name}"
+        done.append(name)
+
+    yield _patch
+    for name in done:
+        integrations.unpatch(name)
+
+
+@pytest.fixture
+def settings_env():  # type: ignore[no-untyped-def]
+    """``settings_env({"INSTRUMENT_POLICIES": "..."})`` makes those the active settings for the test."""
+    from instrument import _context, _settings
+
+    before = _settings.active()
+
+    def _apply(env: dict[str, str]) -> _settings.Settings:
+        settings = _settings.Settings.from_env(env)
+        _settings.set_active(settings)
+        _context.generation.bump()
+        return settings
+
+    yield _apply
+    _settings.set_active(before)
+    _context.generation.bump()
