@@ -136,4 +136,5 @@ def settings_env():  # type: ignore[no-untyped-def]
 
     yield _apply
     _settings.set_active(before)
+    _settings._validate_subsystems(before)  # reinstalls the rules the test replaced
     _context.generation.bump()
