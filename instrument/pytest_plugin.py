@@ -11,10 +11,11 @@
     @pytest.mark.faults("redis://*: timeout 2s first=3")
     def test_cache_outage(): ...
 
-``telemetry`` installs in-memory OpenTelemetry providers once per process (the global providers can be
-set only once; if the application already installed an SDK TracerProvider, an in-memory processor is
-added to it) and shows each test only what happened during that test. Metrics are read with delta
-temporality and summed per test. Logs are the toolkit's structlog events (``structlog.testing``).
+``telemetry`` uses the in-memory providers of :func:`instrument.testing.capture` (installed once per
+process: the global providers can be set only once) and shows each test only what happened during
+that test: spans are cleared at the start, metric values are counted from the start (cumulative minus
+the value at the start; gauges as they are now). Logs are the toolkit's structlog events
+(``structlog.testing``); policy decisions are kept as :class:`instrument.events.PolicyEvent` too.
 """
 
 from __future__ import annotations
@@ -104,49 +105,17 @@ class MetricPoint:
 
 
 class _Backend:
-    """The process-wide in-memory exporter and reader, installed once."""
+    """The process-wide in-memory providers of :func:`instrument.testing.capture`, installed once."""
 
     def __init__(self) -> None:
-        from opentelemetry import metrics, trace
-        from opentelemetry.sdk.metrics import (
-            Counter,
-            Histogram,
-            MeterProvider,
-            ObservableCounter,
-            ObservableUpDownCounter,
-            UpDownCounter,
-        )
-        from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from instrument.testing._memory import _install
 
-        self.spans = InMemorySpanExporter()
-        current = trace.get_tracer_provider()
-        if not isinstance(current, TracerProvider):
-            current = TracerProvider()
-            trace.set_tracer_provider(current)
-        current.add_span_processor(SimpleSpanProcessor(self.spans))
-        if trace.get_tracer_provider() is not current:  # someone else won the race to set it
-            trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(self.spans))  # type: ignore[attr-defined]
-
-        delta = AggregationTemporality.DELTA
-        self.reader: Any = InMemoryMetricReader(preferred_temporality={
-            Counter: delta, UpDownCounter: delta, Histogram: delta,
-            ObservableCounter: delta, ObservableUpDownCounter: delta})
-        self.metrics_error: str | None = None
-        if type(metrics.get_meter_provider()).__name__ in ("_ProxyMeterProvider", "NoOpMeterProvider"):
-            metrics.set_meter_provider(MeterProvider(metric_readers=[self.reader]))
-        else:
-            self.reader = None
-            self.metrics_error = (
-                f"metrics cannot be captured: a {type(metrics.get_meter_provider()).__name__} was installed before the "
-                "telemetry fixture first ran (instrument.init() or the application); request the telemetry fixture "
-                "before calling init(), or let the test use instrument.testing")
+        parts = _install()
+        self.spans = parts["spans"]  # InMemorySpanExporter
+        self.reader = parts["reader"]  # InMemoryMetricReader (cumulative)
+        self.otel_logs = parts.get("logs")  # InMemoryLogRecordExporter
 
     def collect(self) -> list[Any]:
-        if self.reader is None:
-            return []
         data = self.reader.get_metrics_data()
         if data is None:
             return []
@@ -181,7 +150,7 @@ class Telemetry:
 
     def __init__(self, backend: _Backend) -> None:
         self._backend = backend
-        self._points: dict[tuple[str, frozenset[tuple[str, Any]]], MetricPoint] = {}
+        self._baseline = self._snapshot()
         self.logs: list[dict[str, Any]] = []  # structlog event dicts ("event" holds the name)
         self.policy_events: list[Any] = []  # instrument.events.PolicyEvent, in order
 
@@ -219,34 +188,43 @@ class Telemetry:
 
     # -- metrics -------------------------------------------------------------------------------
 
-    def _collect(self) -> None:
+    def _snapshot(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], MetricPoint]:
+        points: dict[tuple[str, frozenset[tuple[str, Any]]], MetricPoint] = {}
         for metric in self._backend.collect():
+            gauge = type(metric.data).__name__ == "Gauge"
             for point in metric.data.data_points:
                 attrs = dict(point.attributes or {})
-                key = (metric.name, frozenset(attrs.items()))
-                acc = self._points.get(key)
-                if acc is None:
-                    acc = self._points[key] = MetricPoint(metric.name, attrs)
+                p = MetricPoint(metric.name, attrs)
                 if hasattr(point, "bucket_counts"):
-                    acc.count += point.count
-                    acc.sum += point.sum
-                    counts = list(point.bucket_counts)
-                    acc.bucket_counts = [a + b for a, b in zip(acc.bucket_counts, counts)] if acc.bucket_counts \
-                        else counts
-                    acc.explicit_bounds = list(point.explicit_bounds)
-                elif type(metric.data).__name__ == "Gauge":
-                    acc.value = point.value
+                    p.count, p.sum = point.count, point.sum
+                    p.bucket_counts, p.explicit_bounds = list(point.bucket_counts), list(point.explicit_bounds)
                 else:
-                    acc.value += point.value
+                    p.value = point.value
+                p.gauge = gauge  # type: ignore[attr-defined]
+                points[(metric.name, frozenset(attrs.items()))] = p
+        return points
+
+    def _since_start(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], MetricPoint]:
+        """Cumulative points minus what they were when the test began (gauges: the current value)."""
+        out = {}
+        for key, now in self._snapshot().items():
+            before = self._baseline.get(key)
+            if before is not None and not getattr(now, "gauge", False):
+                now.value -= before.value
+                now.count -= before.count
+                now.sum -= before.sum
+                if before.bucket_counts and len(before.bucket_counts) == len(now.bucket_counts):
+                    now.bucket_counts = [a - b for a, b in zip(now.bucket_counts, before.bucket_counts)]
+                if not (now.value or now.count):
+                    continue  # nothing happened to this stream during the test
+            out[key] = now
+        return out
 
     def metric_points(self, name: str, attributes: Mapping[str, Any] | None = None, /,
                       **attrs: Any) -> list[MetricPoint]:
         """The streams of metric ``name`` whose attributes include these, summed over this test."""
-        if self._backend.metrics_error:
-            raise AssertionError(self._backend.metrics_error)
-        self._collect()
         wanted = _want(attributes, attrs)
-        return [p for (n, _), p in self._points.items() if n == name and _matches(p.attributes, wanted)]
+        return [p for (n, _), p in self._since_start().items() if n == name and _matches(p.attributes, wanted)]
 
     def metric_value(self, name: str, attributes: Mapping[str, Any] | None = None, /, **attrs: Any) -> float:
         """Counter/up-down counter total (histograms: the number of recordings) over matching streams."""
@@ -254,8 +232,7 @@ class Telemetry:
         return sum(p.count if p.bucket_counts else p.value for p in points)
 
     def metric_names(self) -> list[str]:
-        self._collect()
-        return sorted({n for n, _ in self._points})
+        return sorted({n for n, _ in self._since_start()})
 
     # -- logs ----------------------------------------------------------------------------------
 
@@ -266,8 +243,7 @@ class Telemetry:
     def clear(self) -> None:
         """Forget everything captured so far in this test."""
         self._backend.spans.clear()
-        self._backend.collect()
-        self._points.clear()
+        self._baseline = self._snapshot()
         self.logs.clear()
         self.policy_events.clear()
 
@@ -281,8 +257,7 @@ def telemetry() -> Iterator[Telemetry]:
 
     backend = _get_backend()
     backend.spans.clear()
-    backend.collect()  # drop what earlier tests recorded: the reader reports deltas from here on
-    captured = Telemetry(backend)
+    captured = Telemetry(backend)  # metrics are counted from here on
     _ensure_listener()
     listener = captured.policy_events.append
     events.subscribe(listener)

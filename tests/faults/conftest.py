@@ -45,6 +45,12 @@ def need_service(name: str, port: int) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture
+def need() -> Any:
+    """``need("PostgreSQL", 5432)``: skip, or fail under INSTRUMENT_TEST_REQUIRE_SERVICES=1, when it is down."""
+    return need_service
+
+
 @pytest.fixture(autouse=True)
 def _clean_rules() -> Iterator[None]:
     """No test leaks fault rules into the next one."""
