@@ -286,7 +286,7 @@ def _validate_subsystems(settings: Settings) -> None:
 
 
 VARIABLES: tuple[Variable, ...] = (
-    Variable("OTEL_SDK_DISABLED", "false", "true/false", "Disable all telemetry (the toolkit then only patches nothing)."),
+    Variable("OTEL_SDK_DISABLED", "false", "true/false", "No telemetry SDK is installed: spans, metrics and logs are no-ops; policies and faults still apply."),
     Variable("OTEL_SERVICE_NAME", "unknown_service", "any string", "service.name of the resource."),
     Variable("OTEL_RESOURCE_ATTRIBUTES", "", "key=value,...", "Extra resource attributes."),
     Variable("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317 (grpc), http://localhost:4318 (http)",
