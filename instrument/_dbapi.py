@@ -1,0 +1,251 @@
+"""What every SQL integration shares: the per-statement call, driver errors, cursor proxies, server-side cancel.
+
+- :func:`execute` / :func:`aexecute`: one statement through the call pipeline. The SQL is parsed once per
+  text (:mod:`instrument._sql`), the :class:`~instrument._call.Op` is cached on the endpoint, and the span
+  gets ``db.query.text`` (as is when parameterised, literals replaced by ``?`` otherwise). Parameter values
+  are recorded only with INSTRUMENT_CAPTURE_SQL_PARAMETERS=true.
+- :func:`sql_errors`: a :class:`~instrument._call.ClientErrors` for a DB-API driver: rejections and injected
+  faults are the driver's ``OperationalError``; only operational/interface errors (connection lost,
+  timeouts) count as failures for breakers and retries, never bad SQL or constraint violations;
+  ``describe`` adds ``db.response.status_code`` (SQLSTATE).
+- Deadlines (a Timeout policy, ``instrument._context.deadline_scope``): a sync driver call cannot be
+  interrupted from Python, so a statement that runs under a deadline is armed on one shared watchdog
+  thread, which asks the *server* to cancel it when the deadline passes (PostgreSQL's cancel request,
+  the same mechanism ``statement_timeout`` uses, raising the driver's own ``QueryCanceled``/57014;
+  ``KILL QUERY`` on MySQL/MariaDB; ``interrupt()`` on sqlite). Without a deadline nothing is armed.
+- :class:`CursorProxy`: a ``wrapt.ObjectProxy`` for drivers whose cursors are C types (psycopg2, sqlite3),
+  with its state in ``_self_*`` attributes (OpenTelemetry dbapi style).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import wrapt
+
+from instrument import _context, _settings
+from instrument._call import ClientErrors, Endpoint
+from instrument._sql import describe
+
+__all__ = ["CursorProxy", "aexecute", "execute", "sql_errors", "watchdog"]
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for attr in ("sqlstate", "pgcode"):
+        code = getattr(exc, attr, None)
+        if isinstance(code, str) and code:
+            return code
+    diag = getattr(exc, "diag", None)
+    code = getattr(diag, "sqlstate", None)
+    if isinstance(code, str) and code:
+        return code
+    args = getattr(exc, "args", ())  # PyMySQL: (errno, message)
+    if args and isinstance(args[0], int):
+        return str(args[0])
+    return None
+
+
+def _describe(exc: BaseException) -> Mapping[str, Any] | None:
+    code = _sqlstate(exc)
+    return {"db.response.status_code": code} if code else None
+
+
+def sql_errors(operational: type[BaseException], interface: type[BaseException] | None = None, *,
+               timeout: Callable[[str], BaseException] | None = None,
+               timeouts: tuple[type[BaseException], ...] = ()) -> ClientErrors:
+    """ClientErrors for a DB-API driver (see the module docstring)."""
+    failures = (operational,) if interface is None else (operational, interface)
+    timeouts = (*timeouts, TimeoutError)
+    return ClientErrors(
+        catch=(operational,),
+        connect=operational,
+        timeout=timeout or operational,
+        reset=operational,
+        is_failure=lambda exc: isinstance(exc, failures),
+        is_timeout=lambda exc: isinstance(exc, timeouts),
+        describe=_describe,
+    )
+
+
+# -- the statement call ------------------------------------------------------------------------------
+
+Canceller = Callable[[Any], None]
+
+
+def _text(query: Any) -> str:
+    if isinstance(query, str):
+        return query
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query).decode("utf-8", "replace")
+    return str(query)
+
+
+def _parameter_attributes(params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(params, Mapping):
+        items: Any = params.items()
+    elif isinstance(params, (list, tuple)):
+        items = enumerate(params)
+    else:
+        return out
+    for key, value in itertools.islice(items, 64):
+        out[f"db.query.parameter.{key}"] = value if isinstance(value, (bool, int, float)) else str(value)[:256]
+    return out
+
+
+def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
+            dialect: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The Op and the per-call span attributes for one statement."""
+    sql = _text(query)
+    operation, collection, text = describe(sql, dialect or ep.system, params is not None)
+    op = ep.op(operation, collection)
+    attributes: dict[str, Any] = {"db.query.text": text}
+    if batch is not None:
+        attributes["db.operation.batch.size"] = batch
+    if params is not None and batch is None and _settings.active().capture_sql_parameters:
+        attributes.update(_parameter_attributes(params))
+    return op, attributes
+
+
+def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+    """Innermost step: arm the server-side cancel when the call runs under a deadline."""
+    left = _context.remaining() if cancel is not None else None
+    if left is None:
+        return fn(*args, **kwargs)
+    handle = watchdog.arm(left, cancel, target)  # type: ignore[arg-type]
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        watchdog.disarm(handle)
+
+
+def execute(ep: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], query: Any,
+            params: Any, *, cancel: Canceller | None = None, target: Any = None, batch: int | None = None) -> Any:
+    """Run one sync statement ``fn(*args, **kwargs)`` as a span on ``ep``."""
+    if _context.suppressed.get():
+        return fn(*args, **kwargs)
+    op, attributes = prepare(ep, query, params, batch=batch)
+    return ep.call(op, _guarded, (fn, cancel, target, args, kwargs), {}, attributes=attributes)
+
+
+async def aexecute(ep: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                   query: Any, params: Any, *, batch: int | None = None) -> Any:
+    """The async twin: a Timeout policy cancels the task, and the driver cancels the query server-side."""
+    if _context.suppressed.get():
+        return await fn(*args, **kwargs)
+    op, attributes = prepare(ep, query, params, batch=batch)
+    return await ep.acall(op, fn, args, kwargs, attributes=attributes)
+
+
+def batch_size(seq: Any) -> tuple[Any, int | None]:
+    """``(seq, len)`` for executemany; an iterator is materialised so that it can be counted and still run."""
+    if not hasattr(seq, "__len__"):
+        seq = list(seq)
+    return seq, len(seq)
+
+
+# -- server-side cancel at the deadline ---------------------------------------------------------------
+
+
+class _Watchdog:
+    """One daemon thread that cancels statements whose deadline passed (a heap of deadlines)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Canceller, Any]] = []
+        self._live: set[int] = set()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, cancel: Canceller, target: Any) -> int:
+        handle = next(self._ids)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, handle, cancel, target))
+            self._live.add(handle)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return handle
+
+    def disarm(self, handle: int) -> None:
+        with self._cond:
+            self._live.discard(handle)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait(30.0)
+                    if not self._heap:
+                        self._thread = None
+                        return
+                    continue
+                at, handle, cancel, target = self._heap[0]
+                wait = at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                self._live.discard(handle)
+            try:
+                cancel(target)
+            except Exception:  # noqa: BLE001,S110 - cancelling is best effort (the connection may be gone)
+                pass
+
+
+watchdog = _Watchdog()
+
+
+# -- cursor proxy for C cursors ----------------------------------------------------------------------
+
+
+class CursorProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A traced cursor: ``execute``/``executemany`` (and ``callproc``) go through the pipeline."""
+
+    _self_endpoint: Endpoint
+    _self_cancel: Canceller | None
+    _self_conn: Any
+
+    def __init__(self, cursor: Any, endpoint: Endpoint, conn: Any, cancel: Canceller | None) -> None:
+        super().__init__(cursor)
+        self._self_endpoint = endpoint
+        self._self_conn = conn
+        self._self_cancel = cancel
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        params = args[0] if args else next(iter(kwargs.values()), None)
+        return execute(self._self_endpoint, self.__wrapped__.execute, (query, *args), kwargs, query, params,
+                       cancel=self._self_cancel, target=self._self_conn)
+
+    def executemany(self, query: Any, seq: Any, *args: Any, **kwargs: Any) -> Any:
+        seq, size = batch_size(seq)
+        return execute(self._self_endpoint, self.__wrapped__.executemany, (query, seq, *args), kwargs, query, seq,
+                       cancel=self._self_cancel, target=self._self_conn, batch=size)
+
+    def callproc(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        ep = self._self_endpoint
+        op = ep.op("CALL")
+        return ep.call(op, _guarded, (self.__wrapped__.callproc, self._self_cancel, self._self_conn,
+                                      (name, *args), kwargs), {}, attributes={"db.stored_procedure.name": name})
+
+    def __enter__(self) -> CursorProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.__wrapped__.__exit__(*exc)
+
+    def __iter__(self) -> Any:
+        return iter(self.__wrapped__)

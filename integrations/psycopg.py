@@ -1,0 +1,119 @@
+"""psycopg 3: one CLIENT span, ``db.client.operation.duration`` and policies per statement.
+
+``Cursor.execute``/``executemany`` and their ``AsyncCursor``/``ServerCursor`` twins are Python methods, so
+they are wrapped once at class level (no proxies): ``conn.execute()``, ``ClientCursor``, ``RawCursor`` and
+row factories all pass through them. The endpoint (``postgresql://host:port/dbname``) is resolved once per
+connection and cached on it. ``db.query.text`` is the statement as is when it has parameters, otherwise
+with its literals replaced by ``?``; parameter values only with INSTRUMENT_CAPTURE_SQL_PARAMETERS=true.
+
+Errors: policies' rejections and injected faults are ``psycopg.OperationalError``; a timeout fault is
+``psycopg.errors.QueryCanceled``. Breakers and retries count only operational/interface errors.
+Deadlines: sync statements are cancelled server-side when a Timeout policy's deadline passes (the
+PostgreSQL cancel request, raising ``QueryCanceled``); async ones are cancelled by the policy and psycopg
+sends the cancel request itself. Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import errors as pe
+
+from instrument._call import Endpoint, endpoint
+from instrument._dbapi import aexecute, batch_size, execute, sql_errors
+from instrument.patching import Target, apply, revert
+
+TARGETS = (
+    Target("psycopg", "Cursor.execute"),
+    Target("psycopg", "Cursor.executemany"),
+    Target("psycopg", "ServerCursor.execute", optional=True),
+    Target("psycopg", "AsyncCursor.execute", is_async=True),
+    Target("psycopg", "AsyncCursor.executemany", is_async=True),
+    Target("psycopg", "AsyncServerCursor.execute", is_async=True, optional=True),
+)
+
+ERRORS = sql_errors(psycopg.OperationalError, psycopg.InterfaceError, timeout=pe.QueryCanceled,
+                    timeouts=(pe.QueryCanceled, getattr(pe, "ConnectionTimeout", pe.QueryCanceled)))
+
+
+def endpoint_for(conn: Any) -> Endpoint:
+    """The endpoint of a psycopg connection, resolved once and cached on it."""
+    ep = getattr(conn, "_instrument_endpoint", None)
+    if ep is None:
+        info = conn.info
+        host, port, dbname = info.host, info.port, info.dbname
+        ep = endpoint("db", "postgresql", f"postgresql://{host}:{port}/{dbname}", server_address=host,
+                      server_port=int(port) if port else None, namespace=dbname or None, errors=ERRORS)
+        try:
+            conn._instrument_endpoint = ep  # noqa: SLF001 - our cache on the connection
+        except AttributeError:
+            pass
+    return ep
+
+
+def _cancel(conn: Any) -> None:
+    cancel = getattr(conn, "cancel_safe", None)
+    if cancel is not None:
+        cancel(timeout=5.0)
+    else:
+        conn.cancel()
+
+
+def _query(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    query = args[0] if args else kwargs.get("query")
+    params = args[1] if len(args) > 1 else kwargs.get("params")
+    return query, params
+
+
+def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    conn = instance.connection
+    query, params = _query(args, kwargs)
+    return execute(endpoint_for(conn), wrapped, args, kwargs, _render(query, conn), params, cancel=_cancel,
+                   target=conn)
+
+
+def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    conn = instance.connection
+    query = args[0] if args else kwargs.pop("query")
+    seq = args[1] if len(args) > 1 else kwargs.pop("params_seq")
+    seq, size = batch_size(seq)
+    return execute(endpoint_for(conn), wrapped, (query, seq, *args[2:]), kwargs, _render(query, conn), seq,
+                   cancel=_cancel, target=conn, batch=size)
+
+
+async def _aexecute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    conn = instance.connection
+    query, params = _query(args, kwargs)
+    if getattr(wrapped, "__name__", "") == "executemany":
+        query = args[0] if args else kwargs.pop("query")
+        seq = args[1] if len(args) > 1 else kwargs.pop("params_seq")
+        seq, size = batch_size(seq)
+        return await aexecute(endpoint_for(conn), wrapped, (query, seq, *args[2:]), kwargs, _render(query, conn),
+                              seq, batch=size)
+    return await aexecute(endpoint_for(conn), wrapped, args, kwargs, _render(query, conn), params)
+
+
+def _render(query: Any, conn: Any) -> Any:
+    """psycopg.sql.Composable objects become their text (identifiers quoted by the connection)."""
+    if isinstance(query, (str, bytes)):
+        return query
+    try:
+        return query.as_string(conn)
+    except Exception:  # noqa: BLE001 - an unrenderable query still runs; it just has no text
+        return ""
+
+
+def patch() -> None:
+    apply(TARGETS[:3], _dispatch)
+    apply(TARGETS[3:], _aexecute, _aexecute)
+
+
+def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if getattr(wrapped, "__name__", "") == "executemany":
+        return _executemany(wrapped, instance, args, kwargs)
+    return _execute(wrapped, instance, args, kwargs)
+
+
+def unpatch() -> None:
+    revert(TARGETS)
