@@ -121,3 +121,33 @@ def test_missing_collector_costs_the_app_nothing(collector, protocol):
     assert "status 200" in result.stdout and "done" in result.stdout
     assert elapsed < 5.0, f"took {elapsed:.1f}s to exit"
     assert "Traceback" not in result.stderr
+
+
+def test_init_is_idempotent_and_says_so_once():
+    code = ("import instrument, logging\n"
+            "first = instrument.init()\n"
+            "assert instrument.init() is first and instrument.init() is first\n"
+            "print('ok')")
+    result = run_python(code, env={"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+                                   "OTEL_LOGS_EXPORTER": "none"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert result.stderr.count("already called") == 1, result.stderr
+
+
+def test_app_installed_providers_are_used_not_replaced():
+    code = ("from opentelemetry import trace\n"
+            "from opentelemetry.sdk.trace import TracerProvider\n"
+            "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+            "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+            "mine = TracerProvider(); exporter = InMemorySpanExporter()\n"
+            "mine.add_span_processor(SimpleSpanProcessor(exporter)); trace.set_tracer_provider(mine)\n"
+            "import instrument; instrument.init()\n"
+            "assert trace.get_tracer_provider() is mine\n"
+            "import requests\n"
+            "try:\n    requests.get('http://127.0.0.1:9/', timeout=1)\nexcept requests.ConnectionError:\n    pass\n"
+            "spans = exporter.get_finished_spans()\n"
+            "print(len(spans), spans[0].attributes['error.type'])")
+    result = run_python(code, env={"OTEL_METRICS_EXPORTER": "none", "OTEL_LOGS_EXPORTER": "none"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "requests.exceptions.ConnectionError"]
