@@ -1,0 +1,105 @@
+"""The shape of an operation and how its variants are built from it."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.harness import Variant
+
+# Run-wide things an operation may need (the HTTP server's port, the async loop).
+@dataclass
+class Ctx:
+    http_port: int = 0
+    loop: Any = None
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    def on_close(self, fn: Callable[[], Any]) -> None:
+        self.closers.append(fn)
+
+
+@dataclass
+class OpSpec:
+    key: str                      # --only name
+    title: str                    # table row
+    integrations: tuple[str, ...]  # ours, patched/unpatched per round
+    contrib: Callable[[], Any]    # -> a BaseInstrumentor instance
+    make: Callable[[Ctx], Callable[[], Any]]  # build a client (while its variant is active) and return the call
+    policy_glob: str              # target glob for "telemetry + breaker + timeout"
+    service: tuple[str, int] | None = None
+    needs_http: bool = False
+    is_async: bool = False
+    calls: int = 200              # per block in the full mode
+    contrib_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def service_up(addr: tuple[str, int] | None) -> bool:
+    if addr is None:
+        return True
+    try:
+        with socket.create_connection(addr, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def missing_integrations(spec: OpSpec) -> list[str]:
+    from instrument import integrations
+
+    return [n for n in spec.integrations if not integrations._exists(integrations.REGISTRY[n][1])]
+
+
+POLICIES = "timeout(2s),breaker"
+
+
+def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
+    from instrument import integrations, policies
+
+    def patch() -> None:
+        for n in spec.integrations:
+            if not integrations.patch(n):
+                raise RuntimeError(f"could not patch {n}")
+
+    def unpatch() -> None:
+        for n in reversed(spec.integrations):
+            integrations.unpatch(n)
+
+    def with_policies() -> None:
+        policies.configure(f"{spec.policy_glob}={POLICIES}")
+        patch()
+
+    def without_policies() -> None:
+        unpatch()
+        policies.configure("")
+
+    def sampled_out() -> None:
+        tel.sampler.sampled_out(True)
+        patch()
+
+    def sampled_in() -> None:
+        unpatch()
+        tel.sampler.sampled_out(False)
+
+    instrumentor = spec.contrib()
+
+    def contrib_on() -> None:
+        instrumentor.instrument(tracer_provider=tel.tracer_provider, meter_provider=tel.meter_provider,
+                                **spec.contrib_kwargs)
+
+    def contrib_off() -> None:
+        instrumentor.uninstrument()
+
+    def make() -> Callable[[], Any]:
+        return spec.make(ctx)
+
+    a = spec.is_async
+    return [
+        Variant("bare", make, is_async=a),
+        Variant("A/A", make, is_async=a),
+        Variant("ours", make, patch, unpatch, is_async=a),
+        Variant("ours+bt", make, with_policies, without_policies, is_async=a),
+        Variant("ours sampled-out", make, sampled_out, sampled_in, is_async=a),
+        Variant("contrib", make, contrib_on, contrib_off, is_async=a),
+    ]
