@@ -1,0 +1,115 @@
+"""psycopg_pool: the nine ``db.client.connection.*`` metrics for ConnectionPool and AsyncConnectionPool.
+
+``getconn`` (wait time, timeouts), ``putconn`` (use time) and ``_connect`` (create time) are wrapped at
+class level; ``connection()`` goes through them. Counts (idle/used), idle.max/idle.min/max and
+pending_requests are read from ``pool.get_stats()`` when metrics are collected. The pool name is the
+pool's own ``name``. The statements themselves are traced by the psycopg integration.
+Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg_pool.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg_pool
+
+from instrument._pool_metrics import PoolMetrics, Snapshot
+from instrument.patching import Target, apply, revert
+
+TARGETS = (
+    Target("psycopg_pool", "ConnectionPool.getconn"),
+    Target("psycopg_pool", "ConnectionPool.putconn"),
+    Target("psycopg_pool", "ConnectionPool._connect"),
+    Target("psycopg_pool", "AsyncConnectionPool.getconn", is_async=True),
+    Target("psycopg_pool", "AsyncConnectionPool.putconn", is_async=True),
+    Target("psycopg_pool", "AsyncConnectionPool._connect", is_async=True),
+)
+
+_perf = time.perf_counter
+
+
+def _snapshot(pool: Any) -> Snapshot | None:
+    if getattr(pool, "closed", False):
+        return None
+    stats = pool.get_stats()
+    size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    return Snapshot(idle=available, used=max(0, size - available), idle_max=pool.max_size, idle_min=pool.min_size,
+                    max=pool.max_size, pending=stats.get("requests_waiting", 0))
+
+
+def metrics_for(pool: Any) -> PoolMetrics:
+    found = pool.__dict__.get("_instrument_pool_metrics")
+    if found is None:
+        found = pool.__dict__["_instrument_pool_metrics"] = PoolMetrics(pool.name, pool, _snapshot)
+    return found
+
+
+def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    metrics = metrics_for(instance)
+    start = _perf()
+    try:
+        conn = wrapped(*args, **kwargs)
+    except psycopg_pool.PoolTimeout:
+        metrics.timed_out()
+        raise
+    now = _perf()
+    metrics.waited(now - start)
+    conn._instrument_checkout = now  # noqa: SLF001 - our mark on the connection
+    return conn
+
+
+def _putconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _used(instance, args[0] if args else kwargs.get("conn"))
+    return wrapped(*args, **kwargs)
+
+
+def _used(pool: Any, conn: Any) -> None:
+    start = getattr(conn, "_instrument_checkout", None)
+    if start is not None:
+        conn._instrument_checkout = None  # noqa: SLF001
+        metrics_for(pool).used(_perf() - start)
+
+
+def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    start = _perf()
+    conn = wrapped(*args, **kwargs)
+    metrics_for(instance).created(_perf() - start)
+    return conn
+
+
+async def _agetconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    metrics = metrics_for(instance)
+    start = _perf()
+    try:
+        conn = await wrapped(*args, **kwargs)
+    except psycopg_pool.PoolTimeout:
+        metrics.timed_out()
+        raise
+    now = _perf()
+    metrics.waited(now - start)
+    conn._instrument_checkout = now  # noqa: SLF001
+    return conn
+
+
+async def _aputconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _used(instance, args[0] if args else kwargs.get("conn"))
+    return await wrapped(*args, **kwargs)
+
+
+async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    start = _perf()
+    conn = await wrapped(*args, **kwargs)
+    metrics_for(instance).created(_perf() - start)
+    return conn
+
+
+def patch() -> None:
+    for target, sync, asynchronous in zip(TARGETS[:3], (_getconn, _putconn, _connect),
+                                          (_agetconn, _aputconn, _aconnect), strict=True):
+        apply((target,), sync)
+        apply((TARGETS[TARGETS.index(target) + 3],), asynchronous, asynchronous)
+
+
+def unpatch() -> None:
+    revert(TARGETS)
