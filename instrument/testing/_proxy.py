@@ -210,9 +210,9 @@ class FaultProxy:
 
     def _sink(self, conn: _Conn) -> None:
         """A connection accepted while blackholed: read and drop until it closes."""
-        conn.client.settimeout(_TICK)
         while not conn.closed.is_set() and not self._stop.is_set():
             try:
+                conn.client.settimeout(_TICK)
                 if not conn.client.recv(_CHUNK):
                     break
             except socket.timeout:
@@ -222,10 +222,10 @@ class FaultProxy:
         self._forget(conn)
 
     def _pump(self, conn: _Conn, src: socket.socket, dst: socket.socket, direction: str) -> None:
-        src.settimeout(_TICK)
         broken = False
         first = True
         try:
+            src.settimeout(_TICK)
             while not conn.closed.is_set() and not self._stop.is_set():
                 try:
                     data = src.recv(_CHUNK)
@@ -253,6 +253,10 @@ class FaultProxy:
                 conn.close(reset=broken and self.mode == "reset")
 
     def _send(self, conn: _Conn, dst: socket.socket, data: bytes, direction: str) -> None:
+        if direction == "upstream":  # counted before sending, so a reader that got the bytes sees them counted
+            self.bytes_up += len(data)
+        else:
+            self.bytes_down += len(data)
         rate = self.bandwidth
         if not rate:
             dst.sendall(data)
@@ -262,10 +266,6 @@ class FaultProxy:
                 piece = data[i:i + step]
                 dst.sendall(piece)
                 self._sleep(conn, len(piece) / rate)
-        if direction == "upstream":
-            self.bytes_up += len(data)
-        else:
-            self.bytes_down += len(data)
 
     def _sleep(self, conn: _Conn, seconds: float) -> None:
         end = time.monotonic() + seconds
