@@ -56,6 +56,7 @@ def _clean_rules() -> Iterator[None]:
     """No test leaks fault rules into the next one."""
     yield
     _registry.install_env((), None)
+    _registry.header_enabled[0] = False
     while _registry._scopes:  # noqa: SLF001 - test cleanup
         _registry.pop(_registry._scopes[-1])  # noqa: SLF001
 
