@@ -27,6 +27,7 @@ IDEMPOTENCY_HEADERS = ("idempotency-key", "x-idempotency-key")
 
 _CACHE_MAX = 2048
 _redacted: dict[str, str] = {}
+_redacted_for: list[Any] = [None]
 
 
 def method_name(method: str | bytes) -> str:
@@ -57,6 +58,10 @@ def _sensitive_keys() -> frozenset[str]:
 
 def redact_url(url: str) -> str:
     """``url.full`` without secrets: userinfo becomes REDACTED:REDACTED, sensitive query values REDACTED."""
+    extra = _settings.active().redact_query_keys
+    if extra is not _redacted_for[0]:  # the key list changed (tests, re-init): forget old results
+        _redacted.clear()
+        _redacted_for[0] = extra
     cached = _redacted.get(url)
     if cached is not None:
         return cached
@@ -75,18 +80,81 @@ def _redact(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "REDACTED:REDACTED@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        keys = _sensitive_keys()
-        pieces = []
-        for piece in query.split("&"):
-            key, sep, _value = piece.partition("=")
-            if sep and _unquote_lower(key) in keys:
-                piece = f"{key}={REDACTED}"
-            pieces.append(piece)
-        query = "&".join(pieces)
+    query = redact_query(parts.query)
     # The fragment is never sent to the server; drop it (it can hold OAuth tokens).
     return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
+
+
+def redact_query(query: str) -> str:
+    """A raw query string with the values of sensitive keys replaced by REDACTED (``url.query``)."""
+    if not query:
+        return query
+    keys = _sensitive_keys()
+    pieces = []
+    for piece in query.split("&"):
+        key, sep, _value = piece.partition("=")
+        if sep and _unquote_lower(key) in keys:
+            piece = f"{key}={REDACTED}"
+        pieces.append(piece)
+    return "&".join(pieces)
+
+
+def origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
+    """(target, host, port) for a client that already knows its origin: ``http://host:port``.
+
+    IPv6 literals get their brackets back in the target; the port defaults by scheme.
+    """
+    scheme = scheme or "http"
+    if port is None:
+        port = 443 if scheme in ("https", "wss") else 80
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{scheme}://{shown}:{port}", host.strip("[]"), port
+
+
+def client_endpoint(client: str, target: str, host: str, port: int, *, errors: Any, status_of: Any,
+                    apply_deadline: Any) -> Any:
+    """The :class:`~instrument._call.Endpoint` of one HTTP client library for one origin.
+
+    Endpoints describe how *a library* fails (exception types, response objects, timeout arguments),
+    so two libraries calling the same origin need two endpoints. ``_call.endpoint()`` caches by
+    ``(kind, system, target)`` only, so we keep ours under ``system="http/<client>"`` in its table
+    (listed by ``endpoints()``) while the endpoint itself still says ``system="http"`` (fault rules'
+    ``system=http`` keep matching). Callers cache the result per origin.
+    """
+    from instrument import _call
+
+    key = ("http", f"http/{client}", target)
+    found = _call._endpoints.get(key)  # noqa: SLF001 - see the docstring
+    if found is None:
+        attrs = {"server.address": host, "server.port": port}
+        found = _call.Endpoint("http", "http", target, host, port, None, errors, status_of, 400, apply_deadline,
+                               dict(attrs), dict(attrs))
+        table = _call._endpoints  # noqa: SLF001
+        if len(table) >= _call._ENDPOINTS_MAX:  # noqa: SLF001
+            table.pop(next(iter(table)))
+        table[key] = found
+    return found
+
+
+def request_attributes(url: str, headers: Any) -> dict[str, Any]:
+    """Per-call CLIENT span attributes: the redacted ``url.full`` and any allow-listed request headers."""
+    attributes: dict[str, Any] = {"url.full": redact_url(url)}
+    names = _settings.active().capture_request_headers
+    if names and headers is not None:
+        attributes.update(header_attributes("request", names, headers))
+    return attributes
+
+
+def response_capture() -> Any:
+    """An ``on_result`` callback recording allow-listed response headers, or None when none are listed."""
+    return _capture_response if _settings.active().capture_response_headers else None
+
+
+def _capture_response(span: Any, response: Any) -> None:
+    if span.is_recording():
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            span.set_attributes(header_attributes("response", _settings.active().capture_response_headers, headers))
 
 
 def _unquote_lower(key: str) -> str:

@@ -1,0 +1,200 @@
+"""What the WSGI and ASGI middleware share: the SERVER span, its metrics and server-side faults.
+
+The client side goes through :class:`instrument._call.Endpoint`; a server request is the mirror
+image and is simpler, so it has its own small core here, used by :mod:`instrument.wsgi` and
+:mod:`instrument.asgi`:
+
+    begin(...)    extract the caller's context, start the SERVER span, attach it (client calls made
+                  by the handler become its children), count an active request
+    fault(...)    a server-side fault for this request (``instrument.faults.server_fault``) or None
+    finish(...)   name the span ``{method} {route}``, status (Error only for 5xx or an exception),
+                  end it, record ``http.server.request.duration``, uncount the active request
+
+Frameworks tell the middleware the matched route by writing ``ROUTE_KEY`` into the WSGI environ or
+ASGI scope (the Flask, Django and Starlette integrations do); ``MARK_KEY`` there means a server span
+already exists for the request, so a second middleware layer passes straight through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from instrument import _http, _instruments, _settings
+from instrument._call import error_type
+from instrument._safety import report
+
+MARK_KEY = "instrument.server_span"
+ROUTE_KEY = "instrument.route"
+
+_perf = time.perf_counter
+_SERVER = SpanKind.SERVER
+_ERROR = StatusCode.ERROR
+
+
+class Request:
+    """One incoming request in flight: its span, start time, attached context and metric attributes."""
+
+    __slots__ = ("active_attrs", "done", "method", "scheme", "span", "start", "status", "token")
+
+    def __init__(self, span: trace.Span, method: str, scheme: str, token: object, active_attrs: dict[str, Any]) -> None:
+        self.span = span
+        self.method = method
+        self.scheme = scheme
+        self.token = token
+        self.active_attrs = active_attrs
+        self.start = _perf()
+        self.status: int | None = None
+        self.done = False
+
+    def detach(self) -> None:
+        """Detach the span's context (idempotent; call in the context that attached it)."""
+        token, self.token = self.token, None
+        if token is not None:
+            try:
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001
+                report("server detach", exc)
+
+
+_active_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+_metric_attrs: dict[tuple[str, str | None, int | None, str, str | None], dict[str, Any]] = {}
+
+
+def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None, client: str | None,
+          user_agent: str | None, protocol: str | None, carrier: Any, getter: Any, headers: Any) -> Request:
+    """Start the SERVER span for one request and make it the current context."""
+    method = _http.method_name(method_raw)
+    parent = propagate.extract(carrier, getter=getter)
+    attrs: dict[str, Any] = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
+    if method == "_OTHER":
+        attrs["http.request.method_original"] = method_raw
+    if query:
+        attrs["url.query"] = _http.redact_query(query)
+    if host:
+        address, port = _split_host(host, scheme)
+        attrs["server.address"] = address
+        if port is not None:
+            attrs["server.port"] = port
+    if client:
+        attrs["client.address"] = client
+    if user_agent:
+        attrs["user_agent.original"] = user_agent
+    if protocol:
+        attrs["network.protocol.version"] = protocol
+    names = _settings.active().capture_request_headers
+    if names:
+        attrs.update(_http.header_attributes("request", names, headers))
+    span = _instruments.tracer().start_span("HTTP" if method == "_OTHER" else method, context=parent, kind=_SERVER,
+                                            attributes=attrs)
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    key = (method, scheme)
+    active = _active_attrs.get(key)
+    if active is None:
+        active = {"http.request.method": method, "url.scheme": scheme}
+        if len(_active_attrs) < 256:
+            _active_attrs[key] = active
+    _instruments.get("http.server.active_requests").add(1, active)
+    return Request(span, method, scheme, token, active)
+
+
+def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
+    if host.startswith("["):  # [::1]:8080
+        end = host.find("]")
+        address, rest = host[1:end], host[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, _, port = host.partition(":")
+    if port.isdigit():
+        return address, int(port)
+    return address, (443 if scheme == "https" else 80)
+
+
+_server_fault: list[Any] = []
+
+
+def fault(target: str, method: str, path: str, headers: Mapping[str, str]) -> Any:
+    """``instrument.faults.server_fault(...)`` guarded: a missing or broken faults module never breaks a request."""
+    if not _server_fault:
+        try:
+            from instrument.faults import server_fault
+        except Exception:  # noqa: BLE001 - faults not installed or broken: no server faults
+            server_fault = None
+        _server_fault.append(server_fault)
+    found = _server_fault[0]
+    if found is None:
+        return None
+    try:
+        return found(target, method, path, headers)
+    except Exception as exc:  # noqa: BLE001
+        report("server fault", exc)
+        return None
+
+
+def status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Injected Fault"
+
+
+def finish(request: Request, route: str | None, exc: BaseException | None,
+           response_headers: Callable[[], Any] | None = None) -> None:
+    """End the span and record the duration; runs once per request (later calls do nothing)."""
+    if request.done:
+        return
+    request.done = True
+    try:
+        duration = _perf() - request.start
+        span = request.span
+        status = request.status
+        error: str | None = None
+        if exc is not None:
+            error = error_type(exc)
+        elif status is not None and status >= 500:
+            error = str(status)
+        if span.is_recording():
+            if route:
+                span.update_name(f"{'HTTP' if request.method == '_OTHER' else request.method} {route}")
+                span.set_attribute("http.route", route)
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            names = _settings.active().capture_response_headers
+            if names and response_headers is not None:
+                span.set_attributes(_http.header_attributes("response", names, response_headers()))
+            if error is not None:
+                span.set_attribute("error.type", error)
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_status(Status(_ERROR, f"{type(exc).__name__}: {exc}"[:512]))
+                else:
+                    span.set_status(Status(_ERROR))
+        span.end()
+        _instruments.get("http.server.request.duration").record(
+            duration, _metric_attributes(request.method, route, status, request.scheme, error))
+        _instruments.get("http.server.active_requests").add(-1, request.active_attrs)
+    except Exception as internal:  # noqa: BLE001
+        report("server finish", internal)
+
+
+def _metric_attributes(method: str, route: str | None, status: int | None, scheme: str,
+                       error: str | None) -> dict[str, Any]:
+    key = (method, route, status, scheme, error)
+    attrs = _metric_attrs.get(key)
+    if attrs is None:
+        attrs = {"http.request.method": method, "url.scheme": scheme}
+        if route:
+            attrs["http.route"] = route
+        if status is not None:
+            attrs["http.response.status_code"] = status
+        if error is not None:
+            attrs["error.type"] = error
+        if len(_metric_attrs) < 2048:  # routes are templates (bounded); be safe anyway
+            _metric_attrs[key] = attrs
+    return attrs
