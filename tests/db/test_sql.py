@@ -1,0 +1,56 @@
+"""SQL parsing and sanitising (instrument._sql): operation, collection, literals -> ?."""
+
+from __future__ import annotations
+
+import pytest
+
+from instrument._sql import describe, sanitize
+
+
+@pytest.mark.parametrize(("sql", "operation", "collection"), [
+    ("SELECT * FROM users WHERE id = 1", "SELECT", "users"),
+    ("  /* hi */ select a from public.orders", "SELECT", "public.orders"),
+    ('INSERT INTO "My Table" (a) VALUES (%s)', "INSERT", "My Table"),
+    ("insert into `db`.`t` values (1)", "INSERT", "db.t"),
+    ("UPDATE accounts SET x = 1", "UPDATE", "accounts"),
+    ("DELETE FROM t WHERE a = 1", "DELETE", "t"),
+    ("WITH x AS (SELECT 1 FROM a) DELETE FROM b USING x", "DELETE", "b"),
+    ("WITH x AS (SELECT 1 FROM a) SELECT * FROM x", "SELECT", "x"),
+    ("SELECT * FROM a JOIN b ON a.id = b.id", "SELECT", None),
+    ("SELECT * FROM a, b", "SELECT", None),
+    ("SELECT * FROM (SELECT 1) q", "SELECT", None),
+    ("SELECT pg_sleep(1)", "SELECT", None),
+    ("CREATE TABLE IF NOT EXISTS foo (id int)", "CREATE", "foo"),
+    ("DROP TABLE IF EXISTS foo", "DROP", "foo"),
+    ("TRUNCATE TABLE foo", "TRUNCATE", "foo"),
+    ("BEGIN", "BEGIN", None),
+    ("(SELECT 1 FROM t)", "SELECT", "t"),
+    ("", "", None),
+])
+def test_operation_and_collection(sql: str, operation: str, collection: str | None) -> None:
+    assert describe(sql)[:2] == (operation, collection)
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("SELECT * FROM t WHERE a = 'x' AND b = 42", "SELECT * FROM t WHERE a = ? AND b = ?"),
+    ("SELECT 'it''s', E'a\\'b', $$dollar 'x'$$, $tag$ 1 $tag$", "SELECT ?, ?, ?, ?"),
+    ("SELECT 0xFF, X'AB', B'0101', N'n', 1.5e-3, .5", "SELECT ?, ?, ?, ?, ?, ?"),
+    ("SELECT -1, a - 2, a-3, f(-4), x = -5", "SELECT ?, a - ?, a-?, f(?), x = ?"),
+    ("SELECT * FROM t WHERE id IN (1, 2, 3) AND s IN ('a','b')", "SELECT * FROM t WHERE id IN (?) AND s IN (?)"),
+    ("SELECT t1.c2, col_3 FROM t1", "SELECT t1.c2, col_3 FROM t1"),
+    ("SELECT $1, %s, %(name)s, ?, :name", "SELECT $1, %s, %(name)s, ?, :name"),
+    ("SELECT TRUE, NULL, \"quoted id\"", "SELECT TRUE, NULL, \"quoted id\""),
+    ("SELECT 'unterminated secret", "SELECT ?"),
+])
+def test_sanitize(sql: str, expected: str) -> None:
+    assert sanitize(sql) == expected
+
+
+def test_mysql_strings() -> None:
+    assert sanitize("SELECT \"dq\", 'a\\'b', `id` FROM t WHERE x = 1", "mysql") == "SELECT ?, ?, `id` FROM t WHERE x = ?"
+
+
+def test_parameterized_text_kept_as_is() -> None:
+    assert describe("SELECT * FROM t WHERE a = %s AND b = 'lit'", "postgresql", True)[2] == \
+        "SELECT * FROM t WHERE a = %s AND b = 'lit'"
+    assert describe("SELECT * FROM t WHERE b = 'lit'", "postgresql", False)[2] == "SELECT * FROM t WHERE b = ?"
