@@ -1,0 +1,274 @@
+"""redis-py (sync and asyncio): one CLIENT span per command, one per pipeline/transaction, and pool metrics.
+
+- ``Redis.execute_command``: span ``{COMMAND} {db}``, ``db.operation.name`` = the command; arguments are
+  never recorded. ``Pipeline.execute``: ONE span, ``db.operation.name`` ``MULTI`` (transaction) or
+  ``PIPELINE``, with ``db.operation.batch.size``.
+- The endpoint (``redis://host:port/db``) is resolved once per connection pool and cached on it.
+- ``ConnectionPool``/``BlockingConnectionPool`` (sync and asyncio): ``get_connection`` (wait time,
+  pending requests, timeouts of a BlockingConnectionPool), ``release`` (use time), ``make_connection``
+  (create time); idle/used counts and max from the pool. Pool name ``host:port/db``.
+- Errors: rejections and injected faults are ``redis.ConnectionError``; a timeout fault is
+  ``redis.TimeoutError``; only those two count as failures. ``db.response.status_code`` is the error
+  prefix of a server error (``WRONGTYPE``, ``ERR`` ...).
+
+Hook for other modules (redis Streams messaging spans live in ``integrations/redis_streams.py``):
+``COMMAND_DESCRIBERS`` maps an upper-case command name (``"XADD"``) to
+``describer(client, args) -> (endpoint, op, attributes) | None``. When a describer returns a triple, the
+command runs as ``endpoint.call(op, ..., attributes=attributes)`` (e.g. a messaging ``send`` span) instead
+of the default db span; None falls back to the default. Describers must be cheap and must not raise
+(an exception is reported and the default span is used).
+
+Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from redis import exceptions as rex
+
+from instrument._call import ClientErrors, Endpoint, Op, endpoint
+from instrument._pool_metrics import PoolMetrics, Snapshot, pool_name
+from instrument._safety import report
+from instrument.patching import Target, apply, revert
+
+__all__ = ["COMMAND_DESCRIBERS", "ERRORS", "endpoint_for", "patch", "unpatch"]
+
+Describer = Callable[[Any, tuple[Any, ...]], "tuple[Endpoint, Op, Mapping[str, Any] | None] | None"]
+COMMAND_DESCRIBERS: dict[str, Describer] = {}
+
+COMMANDS = (
+    Target("redis.client", "Redis.execute_command"),
+    Target("redis.asyncio.client", "Redis.execute_command", is_async=True, optional=True),
+)
+PIPELINES = (
+    Target("redis.client", "Pipeline.execute"),
+    Target("redis.asyncio.client", "Pipeline.execute", is_async=True, optional=True),
+)
+GETS = (
+    Target("redis.connection", "ConnectionPool.get_connection"),
+    Target("redis.connection", "BlockingConnectionPool.get_connection"),
+    Target("redis.asyncio.connection", "ConnectionPool.get_connection", is_async=True, optional=True),
+    Target("redis.asyncio.connection", "BlockingConnectionPool.get_connection", is_async=True, optional=True),
+)
+RELEASES = (
+    Target("redis.connection", "ConnectionPool.release"),
+    Target("redis.connection", "BlockingConnectionPool.release"),
+    Target("redis.asyncio.connection", "ConnectionPool.release", is_async=True, optional=True),
+    Target("redis.asyncio.connection", "BlockingConnectionPool.release", is_async=True, optional=True),
+)
+MAKES = (
+    Target("redis.connection", "ConnectionPool.make_connection"),
+    Target("redis.connection", "BlockingConnectionPool.make_connection", optional=True),
+    Target("redis.asyncio.connection", "ConnectionPool.make_connection", optional=True),
+)
+TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES
+
+
+def _status(exc: BaseException) -> Mapping[str, Any] | None:
+    if isinstance(exc, rex.ResponseError) and exc.args:
+        prefix = str(exc.args[0]).split(" ", 1)[0]
+        if prefix.isupper() and len(prefix) <= 32:
+            return {"db.response.status_code": prefix}
+    return None
+
+
+ERRORS = ClientErrors(
+    catch=(rex.ConnectionError,),
+    connect=rex.ConnectionError,
+    timeout=rex.TimeoutError,
+    reset=rex.ConnectionError,
+    is_failure=lambda exc: isinstance(exc, (rex.ConnectionError, rex.TimeoutError)),
+    is_timeout=lambda exc: isinstance(exc, (rex.TimeoutError, TimeoutError)),
+    describe=_status,
+)
+
+
+def _where(pool: Any) -> tuple[str | None, int | None, str]:
+    kwargs = getattr(pool, "connection_kwargs", None) or getattr(pool, "_connection_kwargs", {}) or {}
+    path = kwargs.get("path")
+    host = path or kwargs.get("host", "localhost")
+    port = None if path else int(kwargs.get("port", 6379))
+    return host, port, str(kwargs.get("db", 0))
+
+
+def endpoint_for(client: Any) -> Endpoint:
+    """The endpoint of a client, resolved once per connection pool and cached on the pool."""
+    pool = getattr(client, "connection_pool", None)
+    ep = getattr(pool, "_instrument_endpoint", None)
+    if ep is None:
+        host, port, db = _where(pool)
+        target = f"redis://{host}:{port}/{db}" if port is not None else f"redis://{host}/{db}"
+        ep = endpoint("db", "redis", target, server_address=host, server_port=port, namespace=db, errors=ERRORS)
+        if pool is not None:
+            try:
+                pool._instrument_endpoint = ep  # noqa: SLF001 - our cache on the pool
+            except AttributeError:
+                pass
+    return ep
+
+
+def _command_name(args: tuple[Any, ...]) -> str:
+    if not args:
+        return ""
+    name = args[0]
+    if isinstance(name, bytes):
+        name = name.decode("ascii", "replace")
+    return str(name).split(" ", 1)[0].upper()[:64]
+
+
+def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mapping[str, Any] | None]:
+    name = _command_name(args)
+    describer = COMMAND_DESCRIBERS.get(name)
+    if describer is not None:
+        try:
+            found = describer(instance, args)
+        except Exception as exc:  # noqa: BLE001 - a broken describer must not break the command
+            report("redis command describer", exc)
+            found = None
+        if found is not None:
+            return found
+    ep = endpoint_for(instance)
+    return ep, ep.op(name), None
+
+
+def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ep, op, attributes = _resolve(instance, args)
+    return ep.call(op, wrapped, args, kwargs, attributes=attributes)
+
+
+async def _aexecute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ep, op, attributes = _resolve(instance, args)
+    return await ep.acall(op, wrapped, args, kwargs, attributes=attributes)
+
+
+def _pipeline_op(instance: Any) -> tuple[Endpoint, Op, dict[str, Any]]:
+    ep = endpoint_for(instance)
+    name = "MULTI" if getattr(instance, "transaction", False) else "PIPELINE"
+    return ep, ep.op(name), {"db.operation.batch.size": len(getattr(instance, "command_stack", ()))}
+
+
+def _pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not getattr(instance, "command_stack", None):
+        return wrapped(*args, **kwargs)  # an empty pipeline sends nothing
+    ep, op, attributes = _pipeline_op(instance)
+    return ep.call(op, wrapped, args, kwargs, attributes=attributes)
+
+
+async def _apipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not getattr(instance, "command_stack", None):
+        return await wrapped(*args, **kwargs)
+    ep, op, attributes = _pipeline_op(instance)
+    return await ep.acall(op, wrapped, args, kwargs, attributes=attributes)
+
+
+# -- pools -------------------------------------------------------------------------------------------
+
+_perf = time.perf_counter
+
+
+def _snapshot(pool: Any) -> Snapshot | None:
+    queue = getattr(pool, "pool", None)  # sync BlockingConnectionPool: a LifoQueue of connections or None
+    maximum = getattr(pool, "max_connections", None)
+    maximum = maximum if isinstance(maximum, int) and maximum < 2**31 - 1 else None
+    if queue is not None and hasattr(pool, "_connections"):
+        idle = sum(1 for c in list(queue.queue) if c is not None)
+        used = max(0, len(pool._connections) - idle)  # noqa: SLF001
+    else:
+        idle = len(getattr(pool, "_available_connections", ()))
+        used = len(getattr(pool, "_in_use_connections", ()))
+    pending = pool.__dict__.get("_instrument_pending", 0)
+    return Snapshot(idle=idle, used=used, idle_max=maximum, idle_min=0, max=maximum, pending=pending)
+
+
+def metrics_for(pool: Any) -> PoolMetrics:
+    found = pool.__dict__.get("_instrument_pool_metrics")
+    if found is None:
+        found = pool.__dict__["_instrument_pool_metrics"] = PoolMetrics(pool_name(*_where(pool)), pool, _snapshot)
+    return found
+
+
+def _is_timeout(pool: Any, exc: BaseException) -> bool:
+    # a BlockingConnectionPool that waited `timeout` raises ConnectionError("No connection available.")
+    return hasattr(pool, "timeout") and isinstance(exc, rex.ConnectionError) and "available" in str(exc)
+
+
+def _get(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    metrics = metrics_for(instance)
+    state = instance.__dict__
+    state["_instrument_pending"] = state.get("_instrument_pending", 0) + 1
+    start = _perf()
+    try:
+        conn = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if _is_timeout(instance, exc):
+            metrics.timed_out()
+        raise
+    finally:
+        state["_instrument_pending"] -= 1
+    now = _perf()
+    metrics.waited(now - start)
+    conn._instrument_checkout = now  # noqa: SLF001
+    return conn
+
+
+async def _aget(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    metrics = metrics_for(instance)
+    state = instance.__dict__
+    state["_instrument_pending"] = state.get("_instrument_pending", 0) + 1
+    start = _perf()
+    try:
+        conn = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        if _is_timeout(instance, exc):
+            metrics.timed_out()
+        raise
+    finally:
+        state["_instrument_pending"] -= 1
+    now = _perf()
+    metrics.waited(now - start)
+    conn._instrument_checkout = now  # noqa: SLF001
+    return conn
+
+
+def _used(pool: Any, conn: Any) -> None:
+    start = getattr(conn, "_instrument_checkout", None)
+    if start is not None:
+        conn._instrument_checkout = None  # noqa: SLF001
+        metrics_for(pool).used(_perf() - start)
+
+
+def _release(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _used(instance, args[0] if args else kwargs.get("connection"))
+    return wrapped(*args, **kwargs)
+
+
+async def _arelease(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    _used(instance, args[0] if args else kwargs.get("connection"))
+    return await wrapped(*args, **kwargs)
+
+
+def _make(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # make_connection only builds the object; the socket opens on first use (counted in wait/use time)
+    start = _perf()
+    conn = wrapped(*args, **kwargs)
+    metrics_for(instance).created(_perf() - start)
+    return conn
+
+
+def patch() -> None:
+    apply(COMMANDS, _execute_command, _aexecute_command)
+    apply(PIPELINES, _pipeline, _apipeline)
+    apply(GETS, _get, _aget)
+    apply(RELEASES, _release, _arelease)
+    apply(MAKES, _make)
+
+
+def unpatch() -> None:
+    revert(TARGETS)
+
+
+_ = redis  # the library is imported first (this module is loaded by its post-import hook)
