@@ -1,0 +1,75 @@
+"""psycopg2: one CLIENT span, ``db.client.operation.duration`` and policies per statement.
+
+``psycopg2.connect`` is wrapped to pass ``connection_factory=`` a traced subclass of the connection class
+asked for (psycopg2's documented extension point: the connection stays a real C connection, so
+``register_type``, ``extras.register_uuid(conn)`` and ``isinstance`` keep working). Its ``cursor()`` returns
+a traced cursor proxy (cursors are C types; ``with conn.cursor() as cur`` and iteration work). The endpoint
+is resolved once per connection. Deadlines: a statement running under a Timeout policy is cancelled
+server-side at the deadline (``connection.cancel()``: QueryCanceledError, SQLSTATE 57014); a connect under
+a deadline gets ``connect_timeout``. With INSTRUMENT_DB_POOL naming psycopg2, ``connect`` hands out pooled
+connections (see :mod:`instrument.pool`). Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg2.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions as ext
+
+from instrument import _context
+from instrument._call import Endpoint, endpoint
+from instrument._dbapi import CursorProxy, sql_errors
+from instrument.patching import Target, apply, revert
+
+TARGETS = (Target("psycopg2", "connect"),)
+
+ERRORS = sql_errors(psycopg2.OperationalError, psycopg2.InterfaceError, timeout=ext.QueryCanceledError,
+                    timeouts=(ext.QueryCanceledError,))
+
+
+def _cancel(conn: Any) -> None:
+    conn.cancel()
+
+
+class _TracedConnection:
+    """Mixed in before the application's connection class (see :func:`_traced_class`)."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        return CursorProxy(super().cursor(*args, **kwargs), endpoint_for(self), self, _cancel)  # type: ignore[misc]
+
+
+def endpoint_for(conn: Any) -> Endpoint:
+    ep = conn.__dict__.get("_instrument_endpoint")
+    if ep is None:
+        params = conn.get_dsn_parameters()
+        host, port, dbname = params.get("host"), params.get("port"), params.get("dbname")
+        ep = endpoint("db", "postgresql", f"postgresql://{host}:{port}/{dbname}", server_address=host,
+                      server_port=int(port) if port else None, namespace=dbname, errors=ERRORS)
+        conn.__dict__["_instrument_endpoint"] = ep
+    return ep
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_class(factory: type) -> type:
+    if issubclass(factory, _TracedConnection):
+        return factory
+    return type(f"Traced{factory.__name__}", (_TracedConnection, factory), {"__module__": __name__})
+
+
+def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    kwargs = {**kwargs, "connection_factory": _traced_class(kwargs.get("connection_factory") or ext.connection)}
+    left = _context.remaining()
+    if left is not None and "connect_timeout" not in kwargs:
+        kwargs["connect_timeout"] = max(2, math.ceil(left))  # libpq: whole seconds, 2 at least
+    return wrapped(*args, **kwargs)
+
+
+def patch() -> None:
+    apply(TARGETS, _connect)
+
+
+def unpatch() -> None:
+    revert(TARGETS)
