@@ -15,6 +15,7 @@ so ``except httpx.TimeoutException`` and ``except TimeoutError`` both catch it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import sys
 import time
 from collections.abc import Callable
@@ -36,17 +37,57 @@ remaining = _context.remaining
 
 
 class _Timer:
-    """Cancels the task when it fires; remembers that it did."""
+    """One call's cancellation: fires by cancelling the task, remembers that it did."""
 
-    __slots__ = ("fired", "task")
+    __slots__ = ("at", "done", "fired", "task")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], at: float) -> None:
         self.task = task
+        self.at = at
         self.fired = False
+        self.done = False
 
     def __call__(self) -> None:
         self.fired = True
         self.task.cancel()
+
+
+class _Wheel:
+    """The pending timers of one Timeout policy on one event loop, in deadline order.
+
+    A policy's own deadlines grow with time (now + the same seconds), so a FIFO replaces the loop's
+    timer heap: one ``call_at`` per wheel instead of a TimerHandle pushed and cancelled per call.
+    Finished timers are dropped from the front as calls finish; the single loop timer wakes at the
+    front deadline, cancels what expired and re-arms itself.
+    """
+
+    __slots__ = ("armed", "loop", "timers")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timers: collections.deque[_Timer] = collections.deque()
+        self.armed: float | None = None
+
+    def arm(self, at: float) -> None:
+        self.armed = at
+        self.loop.call_at(self.loop.time() + (at - monotonic()), self.tick)
+
+    def trim(self) -> None:
+        timers = self.timers
+        while timers and timers[0].done:
+            timers.popleft().task = None  # type: ignore[assignment]
+
+    def tick(self) -> None:
+        self.armed = None
+        timers = self.timers
+        now = monotonic()
+        while timers and (timers[0].done or timers[0].at <= now):
+            timer = timers.popleft()
+            if not timer.done:
+                timer.done = True
+                timer()
+        if timers:
+            self.arm(timers[0].at)
 
 
 class Timeout(Policy):
@@ -66,6 +107,8 @@ class Timeout(Policy):
             raise ValueError(f"timeout must be > 0 seconds, got {seconds!r}")
         self.seconds = float(seconds)
         self.target = target
+        self._wheel: _Wheel | None = None  # the last loop's wheel (the common case: one loop)
+        self._wheels: dict[asyncio.AbstractEventLoop, _Wheel] = {}
 
     def _enter(self) -> tuple[Any, float, bool]:
         """Set the deadline; returns (token, deadline, ours: this timeout is the binding one)."""
@@ -82,7 +125,13 @@ class Timeout(Policy):
         return _ctx_deadline.set(at), at, ours
 
     def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        token, _, ours = self._enter()
+        at = monotonic() + self.seconds
+        outer = _ctx_deadline.get()
+        if outer is None or outer >= at:
+            ours = True
+            token = _ctx_deadline.set(at)
+        else:
+            token, _, ours = self._enter()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
@@ -93,24 +142,37 @@ class Timeout(Policy):
             _ctx_deadline.reset(token)
 
     async def acall(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        token, at, ours = self._enter()
+        at = monotonic() + self.seconds
+        outer = _ctx_deadline.get()
+        if outer is not None and outer < at:
+            return await self._acall_outer(outer, fn, args, kwargs)
+        token = _ctx_deadline.set(at)
         task = _current_task()
-        timer = _Timer(task)  # type: ignore[arg-type]
-        handle = _get_running_loop().call_later(at - monotonic(), timer)
-        cancelling = task.cancelling() if _HAS_UNCANCEL else 0  # type: ignore[union-attr]
+        timer = _Timer(task, at)  # type: ignore[arg-type]
+        wheel = self._wheel
+        if wheel is None or wheel.loop is not task.get_loop():  # type: ignore[union-attr]
+            wheel = self._wheel_for(task.get_loop())  # type: ignore[union-attr]
+        timers = wheel.timers
+        timers.append(timer)
+        if wheel.armed is None:
+            wheel.arm(at)
         try:
             result = await fn(*args, **kwargs)
         except _CancelledError:
-            if timer.fired and (not _HAS_UNCANCEL or task.uncancel() <= cancelling):  # type: ignore[union-attr]
+            # uncancel() == 0: only our cancellation is pending (asyncio.timeout's rule, for a task that
+            # was not already being cancelled on entry; if it was, that outer cancellation wins).
+            if timer.fired and (not _HAS_UNCANCEL or task.uncancel() == 0):  # type: ignore[union-attr]
                 self._expired(None)
                 raise timeout_error(f"{self.target}: no result within {self.seconds:g}s") from None
             raise
         except Exception as exc:
-            if ours and _is_timeout(exc):
+            if _is_timeout(exc):
                 self._expired(exc)
             raise
         finally:
-            handle.cancel()
+            timer.done = True
+            if timers[0] is timer:
+                wheel.trim()
             _ctx_deadline.reset(token)
         if timer.fired:  # the call swallowed our cancellation and returned: still a timeout
             if _HAS_UNCANCEL:
@@ -118,6 +180,43 @@ class Timeout(Policy):
             self._expired(None)
             raise timeout_error(f"{self.target}: no result within {self.seconds:g}s")
         return result
+
+    async def _acall_outer(self, at: float, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """An outer deadline is earlier than ours: cancel at it (a plain loop timer, out of wheel order)."""
+        now = monotonic()
+        if at <= now:
+            self._expired(None)
+            raise timeout_error(f"deadline of {self.target} passed before the call started")
+        token = _ctx_deadline.set(at)
+        task = _current_task()
+        timer = _Timer(task, at)  # type: ignore[arg-type]
+        loop = task.get_loop()  # type: ignore[union-attr]
+        handle = loop.call_at(loop.time() + (at - now), timer)
+        try:
+            result = await fn(*args, **kwargs)
+        except _CancelledError:
+            if timer.fired and (not _HAS_UNCANCEL or task.uncancel() == 0):  # type: ignore[union-attr]
+                self._expired(None)
+                raise timeout_error(f"{self.target}: no result within the outer deadline") from None
+            raise
+        finally:
+            handle.cancel()
+            _ctx_deadline.reset(token)
+        if timer.fired:
+            if _HAS_UNCANCEL:
+                task.uncancel()  # type: ignore[union-attr]
+            self._expired(None)
+            raise timeout_error(f"{self.target}: no result within the outer deadline")
+        return result
+
+    def _wheel_for(self, loop: asyncio.AbstractEventLoop) -> _Wheel:
+        wheel = self._wheels.get(loop)
+        if wheel is None:
+            if len(self._wheels) >= 16:  # loops come and go (tests, threads); keep the map small
+                self._wheels.clear()
+            wheel = self._wheels[loop] = _Wheel(loop)
+        self._wheel = wheel
+        return wheel
 
     def guard(self) -> _Guard:
         """``with timeout.guard():`` sets the deadline (advisory); ``async with`` also cancels."""
@@ -159,7 +258,7 @@ class _Guard:
     async def __aenter__(self) -> float:
         self._token, at, self._ours = self._policy._enter()
         task = _current_task()
-        self._timer = _Timer(task)  # type: ignore[arg-type]
+        self._timer = _Timer(task, at)  # type: ignore[arg-type]
         self._handle = _get_running_loop().call_later(at - monotonic(), self._timer)
         return at
 
