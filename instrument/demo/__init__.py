@@ -71,20 +71,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from instrument.demo._collector import Collector, Forwarder, forward_target
     from instrument.demo._load import Load
-    from instrument.demo._runner import Services
+    from instrument.demo._runner import Services, free_port
     from instrument.demo._stats import Stats
     from instrument.demo._view import View
 
     live = sys.stdout.isatty() and not args.no_live
-    # The demo forks its services after starting its gRPC collector; gRPC's fork handlers only warn then.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     folder = tempfile.mkdtemp(prefix="instrument-demo-")
     database = args.postgres or f"sqlite:///{os.path.join(folder, 'storefront.db')}"
     broker = args.rabbitmq or args.redis or f"filesystem://{os.path.join(folder, 'queue')}"
     stats = Stats()
     target = forward_target(os.environ)
     forwarder = Forwarder(*target) if target else None
-    collector = Collector([stats.ingest, *([forwarder] if forwarder else [])]).start()
+    # The collector's port is chosen now, but it starts only after the services are forked: a process
+    # with gRPC threads running should not fork (the services' first export comes a second later).
+    collector = Collector([stats.ingest, *([forwarder] if forwarder else [])], port=free_port())
     services = Services(folder, collector=collector.endpoint, database=database, broker=broker)
     stats.names = services.names()
     schedule = Schedule(args.duration)
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if target:
         print(f"instrument demo: forwarding all telemetry to {target[0]} ({target[1]})", flush=True)
     try:
-        services.start()
+        services.start(collector.start)
         print("instrument demo: services up: " + ", ".join(f"{n} :{p}" for n, p in services.ports.items()),
               flush=True)
         with view:
@@ -170,8 +170,8 @@ def _enter(phase: str, before: str, services: object, load: object, view: object
         injected = body.get("injected") if isinstance(body, dict) else "?"
         view.event(f"billing outage ends ({injected} faults injected); billing is healthy again")
     if phase == "flash sale":
-        load.multiplier = 4.0
-        view.event(f"flash sale: {rate * 4:g} checkouts/s against the gateway's rate limit")
+        load.multiplier = 5.0
+        view.event(f"flash sale: {rate * 5:g} checkouts/s against the gateway's rate limit")
     elif before == "flash sale":
         load.multiplier = 1.0
         view.event("flash sale over")

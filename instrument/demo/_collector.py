@@ -25,9 +25,9 @@ _log = logging.getLogger("instrument.demo")
 class Collector:
     """OTLP/gRPC on a free loopback port; every export request is handed to each sink."""
 
-    def __init__(self, sinks: list[Sink]) -> None:
+    def __init__(self, sinks: list[Sink], port: int = 0) -> None:
         self.sinks = sinks
-        self.port = 0
+        self.port = port
         self._server: Any = None
 
     def _add(self, signal: str, request: Any) -> None:
@@ -61,7 +61,7 @@ class Collector:
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Trace(), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(), server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(), server)
-        self.port = server.add_insecure_port("127.0.0.1:0")
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         server.start()
         self._server = server
         return self

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -112,8 +112,9 @@ class Services:
                      "--orders", self.url("orders")]
         return args
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start every service (``instrument run -- python -m ...``) and wait until each answers."""
+    def start(self, started: Callable[[], Any] | None = None, timeout: float = 30.0) -> None:
+        """Start every service (``instrument run -- python -m ...``), call ``started()``, and wait until
+        each service answers."""
         for name in SERVICES:
             log_path = os.path.join(self.folder, f"{name}.log")
             log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -122,6 +123,8 @@ class Services:
             process = subprocess.Popen(command, env=self._env(name), stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)  # noqa: PLW1509
             self.children.append(Child(name, self.ports[name], process, log_path, log))
+        if started is not None:
+            started()
         deadline = time.monotonic() + timeout
         waiting = set(HTTP_SERVICES)
         while waiting:

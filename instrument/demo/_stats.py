@@ -292,6 +292,6 @@ class Stats:
                 picks["payment outage (fault injected)"] = trace_id
             if info.breaker and "breaker event" not in picks:
                 picks["breaker event"] = trace_id
-            if info.error and "error" not in picks and not info.fault:
-                picks["error"] = trace_id
+            if info.error and whole and "payment failed (order kept as pending)" not in picks:
+                picks["payment failed (order kept as pending)"] = trace_id
         return picks

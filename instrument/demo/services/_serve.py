@@ -39,5 +39,7 @@ def serve_wsgi(app: Any, port: int) -> None:
 def serve_asgi(app: Any, port: int) -> None:
     import uvicorn
 
-    # uvicorn turns SIGTERM into a graceful shutdown and returns; atexit runs after.
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+    # uvicorn turns SIGTERM into a graceful shutdown and returns; atexit runs after. The app is handed
+    # over as a factory: uvicorn then never probes the app object by calling it without arguments.
+    uvicorn.run(lambda: app, factory=True, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                lifespan="on")

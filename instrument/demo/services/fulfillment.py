@@ -72,8 +72,8 @@ class Fulfillment:
 
     def retry_pending(self) -> None:
         """Charge "payment pending" orders again, a few at a time, until they go through."""
-        while not self.stopping.wait(0.5):
-            for _ in range(min(5, len(self.pending))):
+        while not self.stopping.wait(0.25):
+            for _ in range(min(20, len(self.pending))):
                 order = self.pending.popleft()
                 if self.charge(order):
                     self.report(order, "paid")

@@ -35,7 +35,7 @@ MESSAGES = {
 }
 
 
-def create_app(orders_url: str, *, rate: float = 40.0, burst: float = 20.0) -> Starlette:
+def create_app(orders_url: str, *, rate: float = 30.0, burst: float = 15.0) -> Starlette:
     limiter = RateLimiter(rate, burst=burst, target="gateway")
     cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
     client = httpx.AsyncClient(base_url=orders_url, timeout=5.0)

@@ -1,0 +1,130 @@
+"""``instrument demo`` end to end: the real command, its real child services, telemetry checked as it
+crossed the wire (the demo forwards everything its services export to the test's OTLP receiver)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterable
+
+import pytest
+
+from instrument.testing import OtlpReceiver
+from tests.conftest import need
+
+ANSI = re.compile(r"\x1b\[")
+DURATION = "12"
+
+
+def run_demo(receiver: OtlpReceiver, *args: str, timeout: float = 75.0) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+    env.update(receiver.env("grpc"))
+    return subprocess.run([sys.executable, "-m", "instrument.cli", "demo", "--duration", DURATION, *args],
+                          env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def ports(stdout: str) -> dict[str, int]:
+    line = next(ln for ln in stdout.splitlines() if "services up:" in ln)
+    return {name: int(port) for name, port in re.findall(r"(\w+) :(\d+)", line)}
+
+
+def service(item: object) -> str:
+    return str(getattr(item, "resource", {}).get("service.name"))
+
+
+def assert_storefront(result: subprocess.CompletedProcess[str], rx: OtlpReceiver, *, db_system: str,
+                      messaging_system: str) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # CI logs: no colour, no cursor movement when stdout is not a terminal.
+    assert not ANSI.search(result.stdout + result.stderr), result.stdout[:2000]
+    assert "Summary" in result.stdout
+    where = ports(result.stdout)
+
+    # One trace crosses gateway -> orders -> queue -> fulfillment -> billing.
+    spans = rx.spans()
+    by_trace: dict[str, list[object]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+
+    def crosses(trace: Iterable[object]) -> bool:
+        kinds = {(service(s), s.kind) for s in trace}  # type: ignore[attr-defined]
+        return {("gateway", "SERVER"), ("orders", "SERVER"), ("orders", "PRODUCER"), ("fulfillment", "CONSUMER"),
+                ("billing", "SERVER")} <= kinds
+
+    whole = [t for t, trace in by_trace.items() if crosses(trace)]
+    assert whole, f"no trace crosses all services; {rx.summary()}"
+    trace = by_trace[whole[0]]
+    assert any(s.kind == "CLIENT" and service(s) == "fulfillment" and s.attributes.get("server.port") == where["billing"]
+               for s in trace)  # type: ignore[attr-defined]
+
+    # The breaker on billing opened during the outage and closed after it: span events and log records.
+    events = [(service(s), attrs.get("instrument.circuit_breaker.state"))
+              for s in spans for name, attrs in s.events if name == "circuit_breaker.state_change"]  # type: ignore[attr-defined]
+    assert ("fulfillment", "open") in events, events
+    assert ("fulfillment", "closed") in events, events
+    changes = [r.attributes.get("state") for r in rx.logs()
+               if r.body == "circuit_breaker.state_change" and service(r) == "fulfillment"]
+    assert "open" in changes and "closed" in changes, changes
+    assert changes.index("open") < len(changes) - 1 - changes[::-1].index("closed"), changes  # closed after open
+    faults = [p for p in rx.metric_points("instrument.fault.injected") if service(p) == "billing"]
+    assert faults and max(p.value for p in faults) > 0
+
+    # RED metrics of every dependency.
+    http = rx.metric_points("http.client.request.duration")
+    for caller, callee in (("gateway", "orders"), ("fulfillment", "inventory"), ("fulfillment", "billing"),
+                           ("fulfillment", "orders")):
+        points = [p for p in http if service(p) == caller and p.attributes.get("server.port") == where[callee]]
+        assert points and max(p.value for p in points) > 0, f"{caller} -> {callee}: {rx.summary()}"
+    billing_errors = [p for p in http if service(p) == "fulfillment" and p.attributes.get("server.port") ==
+                      where["billing"] and "error.type" in p.attributes]
+    assert billing_errors, "no failed charge recorded"
+    db = [p for p in rx.metric_points("db.client.operation.duration") if service(p) == "orders"]
+    assert {p.attributes.get("db.system.name") for p in db} == {db_system}
+    assert {p.attributes.get("db.operation.name") for p in db} >= {"INSERT", "SELECT", "UPDATE"}
+    messaging = rx.metric_points("messaging.client.operation.duration")
+    publish = [p for p in messaging if service(p) == "orders"]
+    assert publish and {p.attributes.get("messaging.system") for p in publish} == {messaging_system}
+    assert [p for p in messaging + rx.metric_points("messaging.process.duration") if service(p) == "fulfillment"]
+    server = rx.metric_points("http.server.request.duration")
+    assert {service(p) for p in server} >= {"gateway", "orders", "inventory", "billing"}
+
+    # The summary names traces to look up, and they are real.
+    listed = re.findall(r"\b([0-9a-f]{32})\b", result.stdout.split("Traces to look up:")[-1])
+    assert listed and set(listed) <= set(by_trace), listed
+
+
+@pytest.mark.timeout(120)
+def test_demo_embedded(receiver: OtlpReceiver) -> None:
+    result = run_demo(receiver, "--no-live")
+    assert_storefront(result, receiver, db_system="sqlite", messaging_system="filesystem")
+
+
+@pytest.mark.services
+@pytest.mark.timeout(120)
+def test_demo_postgres_rabbitmq(receiver: OtlpReceiver) -> None:
+    need("postgresql")
+    need("rabbitmq")
+    result = run_demo(receiver, "--postgres", "postgresql://postgres@127.0.0.1:5432/test",
+                      "--rabbitmq", "amqp://guest:guest@127.0.0.1:5672//")
+    assert "PostgreSQL" in result.stdout and "RabbitMQ" in result.stdout
+    assert_storefront(result, receiver, db_system="postgresql", messaging_system="rabbitmq")
+
+
+def test_schedule_has_outage_then_recovery() -> None:
+    from instrument.demo import Schedule
+
+    for duration in (8.0, 12.0, 30.0, 120.0):
+        s = Schedule(duration)
+        phases = [s.phase(t / 10) for t in range(int(duration * 10))]
+        assert phases[0] == "healthy"
+        assert "payment outage" in phases and phases[-1] in ("recovered", "flash sale")
+        assert phases.index("recovered") > phases.index("payment outage")
+
+
+def test_quantile_from_buckets() -> None:
+    from instrument.demo._stats import quantile
+
+    assert quantile([0.1, 0.2], [0, 10, 0], 0.95) == pytest.approx(0.195)
+    assert quantile([0.1, 0.2], [0, 0, 0], 0.95) is None
