@@ -1,6 +1,6 @@
 """Fixtures for the HTTP tests: a real loopback HTTP server that records what it receives.
 
-``http_server.url("/status/500")``; ``http_server.seen[-1]`` is the last request as received
+``server.url("/status/500")``; ``server.seen[-1]`` is the last request as received
 (method, path, headers with lower-case names). Paths:
 
 - ``/ok`` (and anything else): 200 ``ok``
@@ -70,7 +70,10 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (timeout tests)
+                    self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _answer  # noqa: N815
 
@@ -80,8 +83,9 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture(scope="session")
-def http_server() -> Iterator[LoopbackServer]:
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    """A fresh server per test: a new port keeps each test's metric points apart (they are cumulative)."""
     state = LoopbackServer(0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     httpd.daemon_threads = True
@@ -94,14 +98,9 @@ def http_server() -> Iterator[LoopbackServer]:
 
 
 @pytest.fixture
-def server(http_server: LoopbackServer) -> LoopbackServer:
-    http_server.seen.clear()
-    return http_server
-
-
-@pytest.fixture
 def closed_port() -> int:
     """A loopback port nobody listens on (connection refused)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
