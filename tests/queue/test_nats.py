@@ -90,4 +90,5 @@ async def test_jetstream_publish_without_stream_is_an_error(tel, patched, name) 
     await nc.close()
     send = tel.span(f"publish {name}")
     assert send.attributes["error.type"] == "nats.js.errors.NoStreamResponseError"
-    assert tel.metric_points("messaging.client.sent.messages", error__type="nats.js.errors.NoStreamResponseError")
+    assert tel.metric_points("messaging.client.sent.messages", messaging__destination__name=name,
+                             error__type="nats.js.errors.NoStreamResponseError")

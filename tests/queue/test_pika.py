@@ -78,10 +78,12 @@ def test_http_request_publish_and_consume_share_one_trace(tel, patched, channel,
 
     sent = tel.metric_points("messaging.client.sent.messages", messaging__destination__name=name)
     assert sum(p.value for p in sent) == 1
-    consumed = tel.metric_points("messaging.client.consumed.messages", messaging__operation__name="process")
+    consumed = tel.metric_points("messaging.client.consumed.messages", messaging__operation__name="process",
+                                 messaging__destination__name=name)
     assert sum(p.value for p in consumed) == 1
     assert tel.metric_points("messaging.process.duration", messaging__destination__name=name)
-    assert tel.metric_points("messaging.client.operation.duration", messaging__operation__name="publish")
+    assert tel.metric_points("messaging.client.operation.duration", messaging__operation__name="publish",
+                             messaging__destination__name=name)
 
 
 def test_consume_generator_and_basic_get(tel, patched, channel, name) -> None:  # type: ignore[no-untyped-def]
@@ -125,7 +127,7 @@ def test_handler_failure_is_an_error_on_the_process_span(tel, patched, channel, 
     process = tel.span(f"process {name}")
     assert process.attributes["error.type"] == "ValueError"
     assert tel.span("nack").parent.span_id == process.context.span_id
-    assert tel.metric_points("messaging.process.duration", error__type="ValueError")
+    assert tel.metric_points("messaging.process.duration", error__type="ValueError", messaging__destination__name=name)
 
 
 def test_redelivery_after_crash_before_ack_is_dropped(tel, patched, channel, name) -> None:  # type: ignore[no-untyped-def]
