@@ -171,7 +171,7 @@ class Timeout(Policy):
             raise
         finally:
             timer.done = True
-            if timers[0] is timer:
+            if timers and timers[0] is timer:
                 wheel.trim()
             _ctx_deadline.reset(token)
         if timer.fired:  # the call swallowed our cancellation and returned: still a timeout

@@ -237,7 +237,7 @@ def test_client_decides_which_errors_count_and_rejection_is_client_error(clock) 
     state = call_state("db", target="postgresql://db:5432/x", errors=errors)
     token = _context.current.set(state)
     try:
-        b = CircuitBreaker("postgresql://db:5432/x", window=2, min_calls=2, clock=clock)
+        b = CircuitBreaker("postgresql://db:5432/x", window=2, min_calls=2, failure_rate=1.0, clock=clock)
         for _ in range(5):
             with pytest.raises(Programming):
                 b.call(_raiser(Programming("syntax")))
@@ -254,7 +254,7 @@ def test_client_decides_which_errors_count_and_rejection_is_client_error(clock) 
 
 
 def test_on_timeout_only(clock) -> None:
-    b = CircuitBreaker("t", window=2, min_calls=2, on="timeout", clock=clock)
+    b = CircuitBreaker("t", window=2, min_calls=2, failure_rate=1.0, on="timeout", clock=clock)
     for _ in range(3):
         with pytest.raises(ValueError):
             b.call(_raiser(ValueError()))
