@@ -109,6 +109,8 @@ class Stats:
             return self.label(f"{attrs.get('server.address', '?')}:{attrs.get('server.port', '?')}")
         if kind == "db":
             namespace = attrs.get("db.namespace")
+            if isinstance(namespace, str) and "/" in namespace:  # SQLite names the file: keep its name
+                namespace = namespace.rsplit("/", 1)[-1]
             system = str(attrs.get("db.system.name", "db"))
             return f"{system} {namespace}" if namespace else system
         system = str(attrs.get("messaging.system", "queue"))

@@ -114,7 +114,7 @@ class View:
             from rich.live import Live
 
             self._live = Live(get_renderable=self.renderable, console=self.console, refresh_per_second=4,
-                              transient=False)
+                              transient=True)
             self._live.__enter__()
         return self
 
@@ -155,7 +155,7 @@ class View:
         lines.append("Traces to look up:")
         for what, trace_id in traces.items():
             hint = f"  http://localhost:16686/trace/{trace_id}" if jaeger else ""
-            lines.append(f"  {what:<34} {trace_id}{hint}")
+            lines.append(f"  {what:<40} {trace_id}{hint}")
         if not traces:
             lines.append("  (none received)")
         lines.append(f"Telemetry: {forwarded}" if forwarded else

@@ -128,3 +128,75 @@ def test_quantile_from_buckets() -> None:
 
     assert quantile([0.1, 0.2], [0, 10, 0], 0.95) == pytest.approx(0.195)
     assert quantile([0.1, 0.2], [0, 0, 0], 0.95) is None
+
+
+def _wait_for_ports(process: subprocess.Popen[str]) -> dict[str, int]:
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "services up:" in line:
+            return ports(line)
+    raise AssertionError("demo ended before its services were up:\n" + "".join(seen))
+
+
+def _service_processes(where: dict[str, int]) -> list[str]:
+    """Command lines of running processes that are this demo's services (found by their ports)."""
+    found = []
+    wanted = {f"--port\0{port}\0" for port in where.values()}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if "instrument.demo.services" in cmdline and any(w in cmdline + "\0" for w in wanted):
+            found.append(cmdline.replace("\0", " "))
+    return found
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGKILL"])
+def test_no_orphans(receiver: OtlpReceiver, signum: str) -> None:
+    """Ctrl-C stops every service (exit 130); even a killed demo takes its services with it (Linux)."""
+    import signal
+    import time
+
+    if signum == "SIGKILL" and not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux only")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+    env.update(receiver.env("grpc"))
+    process = subprocess.Popen([sys.executable, "-m", "instrument.cli", "demo", "--duration", "60", "--no-live"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               stdin=subprocess.DEVNULL)
+    try:
+        where = _wait_for_ports(process)
+        assert all(_listening(port) for name, port in where.items() if name != "fulfillment")
+        if os.path.isdir("/proc"):
+            assert len(_service_processes(where)) == 5, _service_processes(where)
+        time.sleep(1.0)
+        process.send_signal(getattr(signal, signum))
+        code = process.wait(30)
+        assert code == (130 if signum == "SIGINT" else -signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while (_service_processes(where) or any(_listening(p) for p in where.values())) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _service_processes(where), _service_processes(where)
+        assert not any(_listening(port) for port in where.values()), where
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
