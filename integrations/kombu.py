@@ -4,8 +4,9 @@
   the message headers (Celery passes its task headers here, so a ``delay()`` carries the trace).
   The policies for ``rabbitmq://host:port`` (or ``redis://...`` etc.: the transport) apply.
 - ``Consumer._receive_callback``: each delivery, to ``on_message`` or the ``callbacks``, runs as the
-  CONSUMER span ``process <queue>``, child of the producer's span. (Celery's worker consumes through
-  its own strategy, not kombu callbacks: instrument the task itself there.)
+  CONSUMER span ``process <queue>``, child of the producer's span. (A Celery worker's ``on_message``
+  only receives the task and hands it to the pool, so there the span covers receipt and dispatch, not
+  the task's run; the task's own span is for a Celery integration to make.)
 - ``Message.ack``/``reject``/``requeue``: ``settle`` spans.
 
 ``messaging.system`` is ``rabbitmq`` for the AMQP transports, else the transport's name.

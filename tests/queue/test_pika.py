@@ -187,3 +187,39 @@ def test_redelivery_after_crash_before_ack_is_dropped(tel, patched, channel, nam
     dup = [s for s in tel.spans(f"process {name}") if (s.attributes or {}).get("instrument.messaging.duplicate")]
     assert len(dup) == 1 and dup[0].attributes["messaging.message.id"] == "m-3"
     assert channel.queue_declare(name, passive=True).method.message_count == 0
+
+
+def test_async_adapter_publish_and_consume(tel, patched, name) -> None:  # type: ignore[no-untyped-def]
+    """SelectConnection (the async adapters share pika.channel.Channel): same trace, same spans."""
+    need("rabbitmq")
+    patched("pika")
+    params = pika.ConnectionParameters("127.0.0.1", 5672, credentials=pika.PlainCredentials("guest", "guest"))
+    got: list[bytes] = []
+    server_span: list[object] = []
+
+    def on_message(ch, method, properties, body):  # type: ignore[no-untyped-def]
+        got.append(body)
+        ch.basic_ack(method.delivery_tag)
+        ch.queue_delete(name)
+        conn.close()
+
+    def declared(ch):  # type: ignore[no-untyped-def]
+        with http_request() as server:
+            ch.basic_publish("", name, b"async-order")
+        server_span.append(server)
+        ch.basic_consume(name, on_message)
+
+    def on_channel(ch):  # type: ignore[no-untyped-def]
+        ch.queue_declare(name, auto_delete=True, callback=lambda _frame: declared(ch))
+
+    conn = pika.SelectConnection(params, on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+                                 on_close_callback=lambda *_: conn.ioloop.stop(),
+                                 on_open_error_callback=lambda *_: conn.ioloop.stop())
+    conn.ioloop.call_later(5, conn.ioloop.stop)
+    conn.ioloop.start()
+    assert got == [b"async-order"]
+    send = tel.span(f"publish {name}")
+    assert_child(send, server_span[0])
+    process = tel.span(f"process {name}")
+    assert_child(process, send)
+    assert_child(tel.span("ack"), process)
