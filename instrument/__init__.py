@@ -103,7 +103,7 @@ def shutdown(timeout: float | None = None) -> None:
     Registered at exit by :func:`init`. Safe to call more than once.
 
     Args:
-        timeout: seconds; default INSTRUMENT_SHUTDOWN_TIMEOUT (3 s).
+        timeout: seconds; default INSTRUMENT_SHUTDOWN_TIMEOUT (2 s).
     """
     with _lock:
         providers = _state.pop("providers", None)
@@ -112,5 +112,5 @@ def shutdown(timeout: float | None = None) -> None:
         return
     from instrument import _otel
 
-    limit = timeout if timeout is not None else getattr(settings, "shutdown_timeout", 3.0)
+    limit = timeout if timeout is not None else getattr(settings, "shutdown_timeout", 2.0)
     _otel.shutdown(providers, limit)  # type: ignore[arg-type]

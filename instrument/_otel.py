@@ -201,33 +201,29 @@ def _setup_propagators(settings: Settings) -> None:
 
 
 def shutdown(providers: Providers, timeout: float) -> None:
-    """Flush and shut down what we own, within ``timeout`` seconds in total."""
+    """Flush and shut down what we own, all signals at once, within ``timeout`` seconds in total.
+
+    Each provider's shutdown (final flush, then exporter shutdown) runs in its own daemon thread, so a
+    collector that is down or hanging costs at most ``timeout``: exporters can block past their own
+    timeouts (gRPC reconnect backoff), and a thread left behind dies with the process.
+    """
     import threading
     import time
 
     deadline = time.monotonic() + timeout
 
-    def _run() -> None:
-        for provider in providers.owned:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            try:
-                flush = getattr(provider, "force_flush", None)
-                if flush is not None:
-                    flush(int(left * 1000))
-            except Exception:  # noqa: BLE001, S110 - a flush failure must not break shutdown
-                pass
-        for provider in providers.owned:
-            try:
-                if type(provider).__name__ == "MeterProvider":
-                    provider.shutdown(timeout_millis=max(1, (deadline - time.monotonic()) * 1000))
-                else:
-                    provider.shutdown()
-            except Exception:  # noqa: BLE001, S110
-                pass
+    def _close(provider: Any) -> None:
+        try:
+            if type(provider).__name__ == "MeterProvider":
+                provider.shutdown(timeout_millis=max(1.0, (deadline - time.monotonic()) * 1000))
+            else:
+                provider.shutdown()
+        except Exception:  # noqa: BLE001, S110 - a failing exporter must not break the exit
+            pass
 
-    # Exporters can block past their own timeouts (gRPC reconnect backoff): a daemon thread bounds it.
-    worker = threading.Thread(target=_run, name="instrument-shutdown", daemon=True)
-    worker.start()
-    worker.join(max(0.0, deadline - time.monotonic()))
+    workers = [threading.Thread(target=_close, args=(p,), name="instrument-shutdown", daemon=True)
+               for p in providers.owned]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))

@@ -122,7 +122,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     slow_call_threshold: float = 1.0
-    shutdown_timeout: float = 3.0
+    shutdown_timeout: float = 2.0
     # Subsystem specs, validated by their own parsers at init (instrument.policies, instrument.faults ...).
     policies: str = ""
     policies_file: str | None = None
@@ -186,7 +186,7 @@ class Settings:
             log_level=_choice(env, "INSTRUMENT_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
             log_format=_choice(env, "INSTRUMENT_LOG_FORMAT", "auto", ("auto", "json", "console")),
             slow_call_threshold=_number(env, "INSTRUMENT_SLOW_CALL_THRESHOLD", 1.0),
-            shutdown_timeout=_number(env, "INSTRUMENT_SHUTDOWN_TIMEOUT", 3.0),
+            shutdown_timeout=_number(env, "INSTRUMENT_SHUTDOWN_TIMEOUT", 2.0),
             policies=env.get("INSTRUMENT_POLICIES", ""),
             policies_file=env.get("INSTRUMENT_POLICIES_FILE") or None,
             faults=env.get("INSTRUMENT_FAULTS", ""),
@@ -313,7 +313,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("INSTRUMENT_LOG_FORMAT", "auto", "auto, json, console",
              "auto: console renderer on a TTY, JSON otherwise."),
     Variable("INSTRUMENT_SLOW_CALL_THRESHOLD", "1.0", "seconds", "A call slower than this is logged."),
-    Variable("INSTRUMENT_SHUTDOWN_TIMEOUT", "3.0", "seconds", "Longest time shutdown() spends flushing."),
+    Variable("INSTRUMENT_SHUTDOWN_TIMEOUT", "2.0", "seconds", "Longest time shutdown() spends flushing."),
     Variable("INSTRUMENT_POLICIES", "", "policy rules (see Resilience policies)", "Resilience policies per target."),
     Variable("INSTRUMENT_POLICIES_FILE", "", "path to a TOML file", "Policy rules from a file."),
     Variable("INSTRUMENT_FAULTS", "", "fault rules (see Fault injection)", "Faults to inject per target."),
