@@ -105,12 +105,14 @@ def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
             dialect: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The Op and the per-call span attributes for one statement."""
     sql = _text(query)
-    operation, collection, text = describe(sql, dialect or ep.system, params is not None)
+    # an empty parameter set (SQLAlchemy passes {}) means the literals are in the text: sanitise it
+    parameterized = params is not None and (not hasattr(params, "__len__") or len(params) > 0)
+    operation, collection, text = describe(sql, dialect or ep.system, parameterized)
     op = ep.op(operation, collection)
     attributes: dict[str, Any] = {"db.query.text": text}
     if batch is not None:
         attributes["db.operation.batch.size"] = batch
-    if params is not None and batch is None and _settings.active().capture_sql_parameters:
+    if parameterized and batch is None and _settings.active().capture_sql_parameters:
         attributes.update(_parameter_attributes(params))
     return op, attributes
 

@@ -18,6 +18,7 @@ import asyncpg
 from asyncpg import exceptions as aex
 
 from instrument._call import ClientErrors, Endpoint, endpoint
+from instrument._context import remaining
 from instrument._dbapi import _describe, aexecute
 from instrument.patching import Target, apply, revert
 
@@ -32,9 +33,13 @@ TARGETS = (
 )
 
 
-def _with_deadline(args: tuple[Any, ...], kwargs: dict[str, Any], left: float) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    current = kwargs.get("timeout")
-    return args, {**kwargs, "timeout": left if current is None else min(current, left)}
+async def _deadlined(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Innermost step: the remaining deadline (Timeout policy, deadline_scope) becomes asyncpg's timeout=."""
+    left = remaining()
+    if left is not None:
+        current = kwargs.get("timeout")
+        kwargs["timeout"] = left if current is None else min(current, left)
+    return await fn(*args, **kwargs)
 
 
 ERRORS = ClientErrors(
@@ -62,7 +67,7 @@ def endpoint_for(conn: Any) -> Endpoint:
         else:
             host, port = (str(addr) if addr else None), None
         ep = endpoint("db", "postgresql", f"postgresql://{host}:{port}/{dbname}", server_address=host,
-                      server_port=port, namespace=dbname, errors=ERRORS, apply_deadline=_with_deadline)
+                      server_port=port, namespace=dbname, errors=ERRORS)
         _endpoints[conn] = ep
     return ep
 
@@ -80,7 +85,7 @@ async def _connection_method(wrapped: Any, instance: Any, args: tuple[Any, ...],
         batch = len(seq)
     else:
         params = args[1:] if len(args) > 1 else None
-    return await aexecute(endpoint_for(instance), wrapped, args, kwargs, query, params, batch=batch)
+    return await aexecute(endpoint_for(instance), _deadlined, (wrapped, *args), kwargs, query, params, batch=batch)
 
 
 async def _statement_method(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -95,7 +100,8 @@ async def _statement_method(wrapped: Any, instance: Any, args: tuple[Any, ...], 
         params, batch = seq, len(seq)
     # a prepared statement is parameterised by construction only if it has parameters; text as is either way
     conn = instance._connection  # noqa: SLF001
-    return await aexecute(endpoint_for(conn), wrapped, args, kwargs, query, params if params else None, batch=batch)
+    return await aexecute(endpoint_for(conn), _deadlined, (wrapped, *args), kwargs, query, params if params else None,
+                          batch=batch)
 
 
 def patch() -> None:

@@ -147,7 +147,9 @@ async def _aexecute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], 
 
 def _pipeline_op(instance: Any) -> tuple[Endpoint, Op, dict[str, Any]]:
     ep = endpoint_for(instance)
-    name = "MULTI" if getattr(instance, "transaction", False) else "PIPELINE"
+    state = instance.__dict__  # redis.asyncio's Pipeline says is_transaction; .transaction is a client method there
+    transaction = state.get("transaction", state.get("is_transaction")) or state.get("explicit_transaction")
+    name = "MULTI" if transaction else "PIPELINE"
     return ep, ep.op(name), {"db.operation.batch.size": len(getattr(instance, "command_stack", ()))}
 
 
