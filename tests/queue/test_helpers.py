@@ -129,3 +129,19 @@ def test_header_getter_decodes_bytes_and_batch_links_are_deduplicated() -> None:
     assert _messaging.extract(None) is None
     links = _messaging.links([{"traceparent": tp}, {"traceparent": tp}, None, {}])
     assert len(links) == 1 and format(links[0].context.trace_id, "032x") == tp.split("-")[1]
+
+
+@pytest.mark.parametrize("module", ["pika", "aio_pika", "kombu", "nats", "paho_mqtt", "redis_streams"])
+def test_patch_and_unpatch_share_targets(module: str) -> None:
+    import importlib
+
+    from instrument.patching import is_patched
+
+    mod = importlib.import_module(f"instrument.integrations.{module}")
+    mod.patch()
+    mod.patch()  # idempotent
+    try:
+        assert all(is_patched(t) for t in mod.TARGETS)
+    finally:
+        mod.unpatch()
+    assert not any(is_patched(t) for t in mod.TARGETS)
