@@ -85,6 +85,30 @@ def _redact(url: str) -> str:
     return SplitResult(parts.scheme, netloc, parts.path, query, "").geturl()
 
 
+_scrubbers: dict[frozenset[str], re.Pattern[str]] = {}
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"<>]+@")
+
+
+def scrub(text: str) -> str:
+    """Free text (an exception message, a stack trace) with URL secrets redacted as in ``url.full``.
+
+    Clients put the request URL in their error messages (urllib3's ``Max retries exceeded with url:
+    /x?token=...``, and requests' wrapping of it); span status descriptions, exception events and log
+    lines carry those messages, so they go through this first.
+    """
+    if "=" not in text and "@" not in text:
+        return text
+    keys = _sensitive_keys()
+    pattern = _scrubbers.get(keys)
+    if pattern is None:
+        alternatives = "|".join(re.escape(k) for k in sorted(keys, key=len, reverse=True))
+        pattern = re.compile(rf"(?i)([?&;](?:{alternatives})=)[^&\s'\"<>#)]*")
+        if len(_scrubbers) > 8:
+            _scrubbers.clear()
+        _scrubbers[keys] = pattern
+    return _USERINFO.sub(r"\1REDACTED:REDACTED@", pattern.sub(rf"\g<1>{REDACTED}", text))
+
+
 def redact_query(query: str) -> str:
     """A raw query string with the values of sensitive keys replaced by REDACTED (``url.query``)."""
     if not query:
