@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
-from helpers import assert_one_client_span, client_spans, traceparent_of
+from http_helpers import assert_one_client_span, client_spans, traceparent_of
 
 
 @dataclass

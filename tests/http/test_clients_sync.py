@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import urllib3
-from helpers import assert_one_client_span, client_spans, traceparent_of
+from http_helpers import assert_one_client_span, client_spans, traceparent_of
 
 
 @dataclass

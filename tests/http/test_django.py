@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import wait_spans
+from http_helpers import wait_spans
 from http_servers import serve_asgi, serve_wsgi
 from opentelemetry.trace import SpanKind, StatusCode
-from test_server import CALLER_SPAN, TRACEPARENT, fetch
+from test_middleware import CALLER_SPAN, TRACEPARENT, fetch
 
 
 def _view(request: Any, item_id: int) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from helpers import assert_one_client_span, client_spans, traceparent_of
+from http_helpers import assert_one_client_span, client_spans, traceparent_of
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import http.client
 from typing import Any
 
 import pytest
-from helpers import wait_spans
+from http_helpers import wait_spans
 from http_servers import serve_asgi, serve_wsgi
 from opentelemetry.trace import SpanKind, StatusCode
 
