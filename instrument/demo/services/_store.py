@@ -1,13 +1,15 @@
 """The orders table, on SQLite (a file; the default) or PostgreSQL (``--database postgresql://...``).
 
 Plain DB-API calls (``sqlite3``, ``psycopg``): the toolkit's integrations see every statement.
-One connection per server thread.
+A few connections are kept and reused (the WSGI server starts a thread per request).
 """
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import queue
 import time
+from collections.abc import Iterator
 from typing import Any
 
 TABLE = "storefront_orders"
@@ -20,7 +22,7 @@ class Store:
         self.url = url
         self.postgres = url.startswith(("postgresql://", "postgres://"))
         self.mark = "%s" if self.postgres else "?"
-        self._local = threading.local()
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue(maxsize=8)
 
     def _connect(self) -> Any:
         if self.postgres:
@@ -30,26 +32,37 @@ class Store:
         import sqlite3
 
         path = self.url.removeprefix("sqlite:///")
-        conn = sqlite3.connect("/" + path if not path.startswith("/") else path, timeout=10,
+        return sqlite3.connect("/" + path if not path.startswith("/") else path, timeout=10,
                                isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
 
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Any]:
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+        try:
+            yield conn
+        except Exception:
+            conn.close()  # a connection that failed is not reused
+            raise
+        try:
+            self._idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        cur = self._conn().cursor()
-        try:
-            cur.execute(sql.replace("?", self.mark), params)
-            return list(cur.fetchall()) if cur.description else []
-        finally:
-            cur.close()
+        with self._conn() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(sql.replace("?", self.mark), params)
+                return list(cur.fetchall()) if cur.description else []
+            finally:
+                cur.close()
 
     def create_schema(self) -> None:
+        if not self.postgres:
+            self._run("PRAGMA journal_mode=WAL")  # readers and the writer do not block each other
         try:
             self._run(SCHEMA)
         except Exception:  # noqa: BLE001 - two demos creating the table at once: the other one won
