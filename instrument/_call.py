@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,7 @@ class Endpoint:
     status_of: Callable[[Any], int | None] | None = None
     error_status: int = 400
     apply_deadline: DeadlineHook | None = None
+    policies: bool = True  # False: telemetry only (consumer process spans must not be retried or cut short)
     span_attributes: dict[str, Any] = field(default_factory=dict)
     metric_attributes: dict[str, Any] = field(default_factory=dict)
     _ops: dict[tuple[str, str | None, SpanKind | None, bool], Op] = field(default_factory=dict, repr=False)
@@ -226,7 +228,8 @@ class Endpoint:
         except Exception as exc:  # noqa: BLE001 - never let our code break the call
             report("call start", exc)
             return fn(*args, **kwargs)
-        token = _context.suppressed.set(True)
+        # A consumer span (activate=True) wraps application code whose own calls must be traced.
+        token = _context.suppressed.set(not activate)
         state_token = _context.current.set(state)
         activated = _activate(state.span) if activate else None
         try:
@@ -255,7 +258,7 @@ class Endpoint:
         except Exception as exc:  # noqa: BLE001 - never let our code break the call
             report("call start", exc)
             return await fn(*args, **kwargs)
-        token = _context.suppressed.set(True)
+        token = _context.suppressed.set(not activate)
         state_token = _context.current.set(state)
         activated = _activate(state.span) if activate else None
         try:
@@ -270,6 +273,30 @@ class Endpoint:
         _restore(token, state_token, activated)
         self._finish(state, result, None, on_result)
         return result
+
+    @contextmanager
+    def span(self, op: Op, *, attributes: Mapping[str, Any] | None = None, parent: Any = None,
+             links: Any = None, activate: bool = True) -> Iterator[CallState | None]:
+        """A span (and metrics) around a block rather than a call: for work that spans a ``yield``,
+        such as a consumer generator handing one message to the application. No policies apply."""
+        if _context.is_suppressed():
+            yield None
+            return
+        try:
+            state = self._start(op, attributes, None, parent, links)
+        except Exception as exc:  # noqa: BLE001 - never let our code break the block
+            report("span start", exc)
+            yield None
+            return
+        activated = _activate(state.span) if activate else None
+        try:
+            yield state
+        except BaseException as exc:
+            _detach(activated)
+            self._finish(state, None, exc, None)
+            raise
+        _detach(activated)
+        self._finish(state, None, None, None)
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -351,6 +378,9 @@ class Endpoint:
         """Resolve the policy and fault chain for this target from the current rules."""
         generation = _context.generation.value
         chain = None
+        if not self.policies:
+            self._chain, self._chain_generation = None, generation
+            return None
         try:
             from instrument._chain import build_chain
 
@@ -372,11 +402,15 @@ def _activate(span: trace.Span) -> object:
     return context.attach(_set_span_in_context(span))
 
 
-def _restore(token: Any, state_token: Any, activated: object) -> None:
+def _detach(activated: object) -> None:
     if activated is not None:
         from opentelemetry import context
 
         context.detach(activated)
+
+
+def _restore(token: Any, state_token: Any, activated: object) -> None:
+    _detach(activated)
     _context.current.reset(state_token)
     _context.suppressed.reset(token)
 
@@ -422,7 +456,7 @@ def _log_call(ep: Endpoint, state: CallState, duration: float, status: int | Non
         log.info("call.slow", **fields)
 
 
-_endpoints: dict[tuple[str, str, str], Endpoint] = {}
+_endpoints: dict[tuple[str, str, str, bool], Endpoint] = {}
 _ENDPOINTS_MAX = 4096
 
 
@@ -430,13 +464,14 @@ def endpoint(kind: str, system: str, target: str, *, server_address: str | None 
              server_port: int | None = None, namespace: str | None = None,
              errors: ClientErrors = DEFAULT_ERRORS, status_of: Callable[[Any], int | None] | None = None,
              error_status: int = 400, apply_deadline: DeadlineHook | None = None,
-             attributes: Mapping[str, Any] | None = None) -> Endpoint:
+             attributes: Mapping[str, Any] | None = None, policies: bool = True) -> Endpoint:
     """The cached :class:`Endpoint` for ``(kind, system, target)``; built on first use.
 
     ``kind`` is ``http``, ``db`` or ``messaging``; ``target`` is the identity policies and faults
     match on, e.g. ``http://payments:8080``, ``postgresql://db:5432/orders``, ``rabbitmq://mq:5672``.
+    ``policies=False`` makes a telemetry-only endpoint (no policy or fault ever applies).
     """
-    key = (kind, system, target)
+    key = (kind, system, target, policies)
     found = _endpoints.get(key)
     if found is not None:
         return found
@@ -455,7 +490,7 @@ def endpoint(kind: str, system: str, target: str, *, server_address: str | None 
     if attributes:
         span_attrs.update(attributes)
     created = Endpoint(kind, system, target, server_address, server_port, namespace, errors, status_of,
-                       error_status, apply_deadline, span_attrs, metric_attrs)
+                       error_status, apply_deadline, policies, span_attrs, metric_attrs)
     if len(_endpoints) >= _ENDPOINTS_MAX:
         _endpoints.pop(next(iter(_endpoints)))  # oldest first: insertion order
     _endpoints[key] = created

@@ -35,6 +35,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "sqlite3": ("sqlite3", "instrument.integrations.sqlite3"),
     "pymysql": ("pymysql", "instrument.integrations.pymysql"),
     "redis": ("redis", "instrument.integrations.redis"),
+    "redis_streams": ("redis", "instrument.integrations.redis_streams"),
     "pika": ("pika", "instrument.integrations.pika"),
     "aio_pika": ("aio_pika", "instrument.integrations.aio_pika"),
     "kombu": ("kombu", "instrument.integrations.kombu"),
