@@ -346,7 +346,7 @@ class Endpoint:
                         error = str(status)
                 if on_result is not None:
                     on_result(span, result)
-            elif not isinstance(exc, _CancelledError):  # a cancelled call is not an error
+            elif not isinstance(exc, (_CancelledError, GeneratorExit)):  # cancelled or abandoned: not an error
                 error = error_type(exc)
             if span.is_recording():
                 if status is not None:

@@ -98,18 +98,6 @@ def links(all_headers: Iterable[Mapping[str, Any] | None]) -> list[Link]:
 # -- endpoints ----------------------------------------------------------------------------------
 
 
-class _ConsumerEndpoint(Endpoint):
-    """An endpoint whose calls never go through policies or faults (the application's handler)."""
-
-    def _rebuild(self) -> Any:
-        self._chain = None
-        self._chain_generation = _context.generation.value
-        return None
-
-
-_consumers: dict[tuple[str, str], Endpoint] = {}
-
-
 def client_endpoint(system: str, host: str | None, port: int | None, errors: ClientErrors = DEFAULT_ERRORS,
                     scheme: str | None = None) -> Endpoint:
     """The (cached) endpoint for talking to a broker: publish, receive and settle run here, with policies."""
@@ -118,18 +106,9 @@ def client_endpoint(system: str, host: str | None, port: int | None, errors: Cli
 
 
 def consumer_endpoint(client: Endpoint) -> Endpoint:
-    """The policy-free twin of ``client`` on which ``process`` spans run."""
-    key = (client.system, client.target)
-    found = _consumers.get(key)
-    if found is None:
-        found = _ConsumerEndpoint("messaging", client.system, client.target, client.server_address,
-                                  client.server_port, None, client.errors,
-                                  span_attributes=dict(client.span_attributes),
-                                  metric_attributes=dict(client.metric_attributes))
-        if len(_consumers) > 1024:
-            _consumers.clear()
-        _consumers[key] = found
-    return found
+    """The policy-free twin of ``client`` on which ``process`` spans run (a handler is never retried or cut)."""
+    return endpoint("messaging", client.system, client.target, server_address=client.server_address,
+                    server_port=client.server_port, errors=client.errors, policies=False)
 
 
 def publish_op(ep: Endpoint, destination: str | None, *, idempotent: bool = False, name: str = "publish") -> Op:
@@ -160,31 +139,6 @@ def process_op(ep: Endpoint, destination: str | None) -> Op:
 # -- running the application's handler ------------------------------------------------------------
 
 
-def _unsuppressed(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run ``fn`` with instrumentation on: the pipeline suppresses nested calls while a call runs, but a
-    handler is application code whose own calls (HTTP, SQL, publishing) must be traced."""
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        token = _context.suppressed.set(False)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _context.suppressed.reset(token)
-
-    return run
-
-
-def _aunsuppressed(fn: Callable[..., Any]) -> Callable[..., Any]:
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        token = _context.suppressed.set(False)
-        try:
-            return await fn(*args, **kwargs)
-        finally:
-            _context.suppressed.reset(token)
-
-    return run
-
-
 def _parent_and_links(headers: Mapping[str, Any] | None, batch: Iterable[Mapping[str, Any] | None] | None
                       ) -> tuple[Any, Any]:
     if batch is not None:
@@ -213,7 +167,7 @@ def process(ep: Endpoint, destination: str | None, fn: Callable[..., Any], args:
         return fn(*args, **kwargs)
     token = _context.suppressed.set(False)  # a handler run from inside another call is still its own
     try:
-        return cep.call(op, _unsuppressed(fn), args, kwargs, attributes=attrs, parent=parent,
+        return cep.call(op, fn, args, kwargs, attributes=attrs, parent=parent,
                         links=batch_links, activate=True)
     finally:
         _context.suppressed.reset(token)
@@ -240,7 +194,7 @@ async def aprocess(ep: Endpoint, destination: str | None, fn: Callable[..., Any]
         return await fn(*args, **kwargs)
     token = _context.suppressed.set(False)
     try:
-        return await cep.acall(op, _aunsuppressed(fn), args, kwargs, attributes=attrs, parent=parent,
+        return await cep.acall(op, fn, args, kwargs, attributes=attrs, parent=parent,
                                links=batch_links, activate=True)
     finally:
         _context.suppressed.reset(token)

@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import pika
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from pika import exceptions as pex
 from pika.adapters import blocking_connection
 
@@ -143,25 +141,15 @@ def _ProcessEach(ep: Endpoint, queue: str, inner: Any) -> Any:  # noqa: N802 - a
     loop comes back for the next message (or stops); it is current while the body runs."""
     cep = _messaging.consumer_endpoint(ep)
     op = _messaging.process_op(cep, queue)
-    state = token = None
     try:
         for item in inner:
             method, properties, _body = item
-            if method is not None:
-                try:
-                    state = cep._start(op, _delivery_attributes(method, properties), None,  # noqa: SLF001
-                                       _messaging.extract(getattr(properties, "headers", None)), None)
-                    token = otel_context.attach(trace.set_span_in_context(state.span))
-                except Exception:  # noqa: BLE001 - untraced rather than broken
-                    state = token = None
-            try:
+            if method is None:  # inactivity timeout: nothing to process
                 yield item
-            finally:
-                if token is not None:
-                    otel_context.detach(token)
-                if state is not None:
-                    cep._finish(state, None, None, None)  # noqa: SLF001
-                state = token = None
+                continue
+            with cep.span(op, attributes=_delivery_attributes(method, properties),
+                          parent=_messaging.extract(getattr(properties, "headers", None))):
+                yield item
     finally:
         close = getattr(inner, "close", None)
         if close is not None:
