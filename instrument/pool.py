@@ -473,18 +473,22 @@ class PooledConnection(wrapt.ObjectProxy):  # type: ignore[misc]
         if pool is not None:
             pool.release(self.__wrapped__)
 
+    _self_close_on_exit = False
+
     def __enter__(self) -> PooledConnection:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        # DB-API drivers commit/roll back on exit; keep that, then give the connection back
+        # the driver's own `with conn:` ends the transaction; drivers whose `with` also closes (PyMySQL)
+        # give the connection back instead of closing it
         try:
             if exc_type is None:
                 self.__wrapped__.commit()
             else:
                 self.__wrapped__.rollback()
         finally:
-            self.close()
+            if self._self_close_on_exit:
+                self.close()
 
     def __del__(self) -> None:  # a connection dropped without close() still goes back
         with contextlib.suppress(Exception):
@@ -497,11 +501,13 @@ def _rollback(conn: Any) -> None:
         rollback()
 
 
-def pooled_connect(connect: Callable[..., T], *, name: str | None = None, **options: Any) -> Callable[..., Any]:
+def pooled_connect(connect: Callable[..., T], *, name: str | None = None, close_on_exit: bool = False,
+                   **options: Any) -> Callable[..., Any]:
     """``connect`` made pooled: one :class:`Pool` per distinct set of connect arguments.
 
-    ``close()`` on what it returns gives the connection back (after a rollback). ``options`` are
-    :class:`Pool` keyword arguments.
+    ``close()`` on what it returns gives the connection back (after a rollback); so does leaving a
+    ``with conn:`` block when ``close_on_exit`` (drivers whose ``with`` closes, like PyMySQL).
+    ``options`` are :class:`Pool` keyword arguments.
     """
     pools: dict[Any, Pool[Any]] = {}
     lock = threading.Lock()
@@ -516,7 +522,62 @@ def pooled_connect(connect: Callable[..., T], *, name: str | None = None, **opti
                 if pool is None:
                     pool = pools[key] = Pool(lambda: connect(*args, **kwargs),
                                              name=name if len(pools) == 0 else None, **options)
-        return PooledConnection(pool.acquire(), pool)
+        conn = PooledConnection(pool.acquire(), pool)
+        conn._self_close_on_exit = close_on_exit
+        return conn
 
     pooled.pools = pools  # type: ignore[attr-defined]
     return pooled
+
+
+# -- selecting pooling by configuration ----------------------------------------------------------------------
+
+VARIABLE = "INSTRUMENT_DB_POOL"
+_OPTION_TYPES: dict[str, Callable[[str], Any]] = {
+    "min_size": int, "max_size": int, "max_waiting": int, "acquire_timeout": float, "max_lifetime": float,
+    "lifetime_jitter": float, "max_idle": float,
+}
+
+
+def parse_config(text: str) -> dict[str, dict[str, Any]]:
+    """``"psycopg2(max_size=10,acquire_timeout=5);pymysql"`` -> ``{"psycopg2": {...}, "pymysql": {}}``.
+
+    Raises:
+        ConfigError: naming INSTRUMENT_DB_POOL, on an unknown option or a bad value.
+    """
+    from instrument.errors import ConfigError
+
+    accepted = f"'driver(option=value,...);driver' with options {', '.join(_OPTION_TYPES)}"
+    out: dict[str, dict[str, Any]] = {}
+    for part in (p.strip() for p in text.replace("\n", ";").split(";")):
+        if not part:
+            continue
+        driver, _, rest = part.partition("(")
+        options: dict[str, Any] = {}
+        if rest:
+            if not rest.endswith(")"):
+                raise ConfigError(VARIABLE, text, accepted, detail=f"missing ')' in {part!r}")
+            for item in filter(None, (i.strip() for i in rest[:-1].split(","))):
+                key, sep, value = (x.strip() for x in item.partition("="))
+                if not sep or key not in _OPTION_TYPES:
+                    raise ConfigError(VARIABLE, text, accepted, detail=f"bad option {item!r}")
+                try:
+                    options[key] = _OPTION_TYPES[key](value.removesuffix("s") if key != "max_size" else value)
+                except ValueError:
+                    raise ConfigError(VARIABLE, text, accepted, detail=f"bad value {item!r}") from None
+        out[driver.strip()] = options
+    return out
+
+
+def configured(driver: str, env: Any = None) -> dict[str, Any] | None:
+    """Pool options for ``driver`` when INSTRUMENT_DB_POOL selects it, else None."""
+    import os
+
+    from instrument import _settings
+
+    text = getattr(_settings.active(), "db_pool", None)
+    if text is None:  # until Settings carries it, read the environment directly
+        text = (os.environ if env is None else env).get(VARIABLE, "")
+    if not text:
+        return None
+    return parse_config(text).get(driver)

@@ -59,7 +59,12 @@ def _traced_class(factory: type) -> type:
     return type(f"Traced{factory.__name__}", (_TracedConnection, factory), {"__module__": __name__})
 
 
+_pooled: list[Any] = []  # the pooled connect, when INSTRUMENT_DB_POOL selects psycopg2
+
+
 def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _pooled and not kwargs.pop("_instrument_unpooled", False):
+        return _pooled[0](*args, **kwargs, _instrument_unpooled=True)
     kwargs = {**kwargs, "connection_factory": _traced_class(kwargs.get("connection_factory") or ext.connection)}
     left = _context.remaining()
     if left is not None and "connect_timeout" not in kwargs:
@@ -68,8 +73,16 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
 
 
 def patch() -> None:
+    from instrument.pool import configured, pooled_connect
+
     apply(TARGETS, _connect)
+    options = configured("psycopg2")
+    if options is not None:
+        _pooled[:] = [pooled_connect(psycopg2.connect, name="psycopg2", **options)]
 
 
 def unpatch() -> None:
+    for pool in getattr(_pooled[0], "pools", {}).values() if _pooled else ():
+        pool.close()
+    _pooled.clear()
     revert(TARGETS)

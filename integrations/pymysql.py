@@ -80,11 +80,32 @@ def _callproc(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     return ep.call(ep.op("CALL"), wrapped, args, kwargs, attributes={"db.stored_procedure.name": str(name)})
 
 
+_pooled: list[Any] = []  # the pooled connect, when INSTRUMENT_DB_POOL selects pymysql
+CONNECTS = (Target("pymysql", "connect"), Target("pymysql", "Connect", optional=True))
+
+
+def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _pooled and not kwargs.pop("_instrument_unpooled", False):
+        return _pooled[0](*args, **kwargs, _instrument_unpooled=True)
+    return wrapped(*args, **kwargs)
+
+
 def patch() -> None:
+    from instrument.pool import configured, pooled_connect
+
+    options = configured("pymysql")
+    if options is not None:
+        apply(CONNECTS, _connect)
+        _pooled[:] = [pooled_connect(pymysql.connect, name="pymysql", close_on_exit=True,
+                                     check=lambda conn: conn.ping(False), **options)]
     apply(TARGETS[:1], _execute)
     apply(TARGETS[1:2], _executemany)
     apply(TARGETS[2:], _callproc)
 
 
 def unpatch() -> None:
+    for pool in getattr(_pooled[0], "pools", {}).values() if _pooled else ():
+        pool.close()
+    _pooled.clear()
+    revert(CONNECTS)
     revert(TARGETS)
