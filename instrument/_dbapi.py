@@ -32,7 +32,7 @@ from instrument import _context, _settings
 from instrument._call import ClientErrors, Endpoint
 from instrument._sql import describe
 
-__all__ = ["CursorProxy", "aexecute", "execute", "sql_errors", "watchdog"]
+__all__ = ["CursorProxy", "aexecute", "error_message", "execute", "sql_errors", "watchdog"]
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -56,6 +56,29 @@ def _sqlstate(exc: BaseException) -> str | None:
 def _describe(exc: BaseException) -> Mapping[str, Any] | None:
     code = _sqlstate(exc)
     return {"db.response.status_code": code} if code else None
+
+
+_QUOTED = None
+
+
+def error_message(exc: BaseException) -> str:
+    """A driver error's message without the values it may quote (for span status, exception event and log).
+
+    PostgreSQL drivers put values in DETAIL (``Key (id)=(42) already exists``): only the primary message is
+    kept. MySQL quotes them in the message itself (``Duplicate entry 'x' for key ...``): quoted parts become ?.
+    """
+    global _QUOTED  # noqa: PLW0603 - compiled on first use
+    if _QUOTED is None:
+        import re
+
+        _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\((?:[^()]|\([^()]*\))*\)=\((?:[^()]|\([^()]*\))*\)")
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if not isinstance(primary, str) or not primary:
+        args = getattr(exc, "args", ())
+        primary = str(args[1]) if len(args) > 1 and isinstance(args[0], int) else str(exc)
+        primary = primary.split("\nDETAIL:", 1)[0]
+    return _QUOTED.sub("?", primary)
 
 
 def sql_errors(operational: type[BaseException], interface: type[BaseException] | None = None, *,

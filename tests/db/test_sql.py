@@ -54,3 +54,19 @@ def test_parameterized_text_kept_as_is() -> None:
     assert describe("SELECT * FROM t WHERE a = %s AND b = 'lit'", "postgresql", True)[2] == \
         "SELECT * FROM t WHERE a = %s AND b = 'lit'"
     assert describe("SELECT * FROM t WHERE b = 'lit'", "postgresql", False)[2] == "SELECT * FROM t WHERE b = ?"
+
+
+def test_error_message_drops_quoted_values() -> None:
+    from instrument._dbapi import error_message
+
+    class Diag:
+        message_primary = 'duplicate key value violates unique constraint "u_pkey"'
+
+    class PgError(Exception):
+        diag = Diag()
+
+    assert error_message(PgError("x\nDETAIL:  Key (id)=(secret) already exists.")) == \
+        'duplicate key value violates unique constraint "u_pkey"'
+    mysql = Exception(1062, "Duplicate entry 'secret' for key 'PRIMARY'")
+    assert error_message(mysql) == "Duplicate entry ? for key ?"
+    assert "secret" not in error_message(Exception("dup\nDETAIL:  Key (id)=(secret) already exists."))
