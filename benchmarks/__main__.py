@@ -111,9 +111,10 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
         vs = variants(spec, ctx, tel)
         try:
             check = _self_check(spec, vs, tel)
-            rounds = args.rounds or (3 if args.quick else 15)
-            calls = args.calls or (20 if args.quick else spec.calls)
-            res = harness.run(spec.title, vs, rounds=rounds, calls=calls, loop=ctx.loop, progress=_log)
+            rounds = args.rounds or (3 if args.quick else 60)
+            calls = args.calls or (10 if args.quick else spec.calls)
+            res = harness.run(spec.title, vs, rounds=rounds, calls=calls, clock=args.clock, loop=ctx.loop,
+                              progress=_log)
         except Exception as exc:  # noqa: BLE001 - one broken op must not lose the others
             table.notes.append(f"{spec.title}: failed: {type(exc).__name__}: {exc}")
             _log(f"{spec.title} failed: {exc!r}")
@@ -140,7 +141,7 @@ def run_policies(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> t
         vs, notes = micro.policy_variants(is_async)
         table.notes += [f"{k}: {v}" for k, v in notes.items() if f"{k}: {v}" not in table.notes]
         results[is_async] = harness.run("async policies" if is_async else "sync policies", vs, rounds=rounds,
-                                        calls=calls, loop=loop, progress=_log)
+                                        calls=calls, clock=args.clock, per_call=False, loop=loop, progress=_log)
     names = list(dict.fromkeys([*results[False].per_call, *results[True].per_call]))
     for name in names:
         if name == "bare":
@@ -167,7 +168,8 @@ def run_floor(args: argparse.Namespace, tel: Any) -> tuple[Table, dict[str, floa
 
     rounds = args.rounds or (3 if args.quick else 15)
     calls = 500 if args.quick else 5000
-    res = harness.run("floor", micro.floor_variants(tel), rounds=rounds, calls=calls, progress=_log)
+    res = harness.run("floor", micro.floor_variants(tel), rounds=rounds, calls=calls, clock=args.clock,
+                      per_call=False, progress=_log)
     table = Table("SDK floor and the pipeline around a no-op (overhead µs per call; median (min..max))",
                   ["what", "overhead Δ"])
     figures = {}
@@ -216,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--otlp", action="store_true", help="real OTLP/gRPC exporters to a local sink")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    p.add_argument("--clock", choices=harness.CLOCKS, default="cpu",
+                   help="cpu: this process's CPU time (robust on a shared machine; the default); wall: elapsed time")
+    p.add_argument("--block", choices=("median", "min"), default="min",
+                   help="statistic of a block's individually timed calls (network operations)")
     p.add_argument("--rounds", type=int, default=0)
     p.add_argument("--calls", type=int, default=0, help="calls per timed block for the operations")
     args = p.parse_args(argv)
@@ -223,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in keys if k not in ALL]
     if unknown:
         p.error(f"unknown operation(s) {unknown}; choose from {','.join(ALL)}")
+    harness.BLOCK_STAT[0] = args.block
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     from benchmarks import _telemetry, servers
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             sink.stop()
     md = args.markdown
     head = (f"instrument benchmarks: mode={'quick' if args.quick else 'full'}, exporters={tel.mode}, "
-            f"python {platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}, "
+            f"clock={args.clock}, python {platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}, "
             f"took {time.perf_counter() - started:.0f} s")
     print(head + "\n")
     for t in tables:

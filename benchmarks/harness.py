@@ -5,7 +5,8 @@ Each round activates one variant at a time (patch / instrument), warms it up, ti
 and deactivates it; the order of variants rotates from round to round, so that drift on a shared
 machine (other processes, CPU frequency) spreads over all of them. The figures are:
 
-- per-call µs of a variant in a round: ``elapsed / calls``;
+- per-call µs of a variant in a round: the median of its individually timed calls (network operations),
+  or ``elapsed / calls`` (micro benchmarks); on the process's CPU clock (default) or the wall clock;
 - overhead of a variant in a round: its per-call µs minus the bare variant's **in the same round**;
 - min / median / max over the rounds;
 - ``A/A``: a second, identical bare variant; its overhead is pure noise and shows how far to trust the rest;
@@ -87,28 +88,66 @@ class Result:
         return self.overhead(name).median / ref
 
 
-def _block_sync(fn: Callable[[], Any], calls: int) -> float:
-    perf = time.perf_counter
+CLOCKS = ("cpu", "wall")
+BLOCK_STAT = ["min"]  # of a block's individually timed calls: "median" or "min" (python -m benchmarks --block)
+
+
+def _pick(samples: list[int]) -> float:
+    if BLOCK_STAT[0] == "min":
+        return min(samples)
+    return statistics.median(samples)
+
+
+def _block_sync(fn: Callable[[], Any], calls: int, clock: str) -> float:
+    """Median µs of ``calls`` individually timed calls: a call preempted by another process is an outlier
+    the median ignores. ``cpu`` is this process's CPU time (all threads, so the span exporter's too)."""
+    now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
+    samples = [0] * calls
+    for i in range(calls):
+        t = now()
+        fn()
+        samples[i] = now() - t
+    return _pick(samples) / 1000
+
+
+async def _ablock(fn: Callable[[], Any], calls: int, clock: str) -> float:
+    now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
+    samples = [0] * calls
+    for i in range(calls):
+        t = now()
+        await fn()
+        samples[i] = now() - t
+    return _pick(samples) / 1000
+
+
+def _block_total(fn: Callable[[], Any], calls: int, clock: str) -> float:
+    """Mean µs of a block timed as a whole (micro benchmarks: calls far shorter than the clock's cost)."""
+    now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
     rng = range(calls)
-    start = perf()
+    t = now()
     for _ in rng:
         fn()
-    return perf() - start
+    return (now() - t) / calls / 1000
 
 
-async def _ablock(fn: Callable[[], Any], calls: int) -> float:
-    perf = time.perf_counter
+async def _ablock_total(fn: Callable[[], Any], calls: int, clock: str) -> float:
+    now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
     rng = range(calls)
-    start = perf()
+    t = now()
     for _ in rng:
         await fn()
-    return perf() - start
+    return (now() - t) / calls / 1000
 
 
-def run(op: str, variants: list[Variant], *, rounds: int, calls: int, warmup: int = 0,
-        loop: asyncio.AbstractEventLoop | None = None, progress: Callable[[str], None] | None = None) -> Result:
-    """Time every variant ``rounds`` times, ``calls`` calls per block, rotating the order each round."""
-    per_call: dict[str, list[float]] = {v.name: [] for v in variants}
+def run(op: str, variants: list[Variant], *, rounds: int, calls: int, warmup: int = 0, clock: str = "wall",
+        per_call: bool = True, loop: asyncio.AbstractEventLoop | None = None,
+        progress: Callable[[str], None] | None = None) -> Result:
+    """Time every variant ``rounds`` times, ``calls`` calls per block, rotating the order each round.
+
+    ``per_call``: time each call and keep the block's median (I/O-bound operations); otherwise time the
+    block as a whole (micro benchmarks)."""
+    sync_block, async_block = (_block_sync, _ablock) if per_call else (_block_total, _ablock_total)
+    results: dict[str, list[float]] = {v.name: [] for v in variants}
     warmup = warmup or max(3, calls // 10)
     n = len(variants)
     for r in range(rounds):
@@ -119,16 +158,18 @@ def run(op: str, variants: list[Variant], *, rounds: int, calls: int, warmup: in
                 fn = v.call_fn()
                 if v.is_async:
                     assert loop is not None
-                    loop.run_until_complete(_ablock(fn, warmup))
-                    gc.collect()
-                    elapsed = loop.run_until_complete(_ablock(fn, calls))
+                    loop.run_until_complete(async_block(fn, warmup, clock))
+                    if not per_call:
+                        gc.collect()
+                    value = loop.run_until_complete(async_block(fn, calls, clock))
                 else:
-                    _block_sync(fn, warmup)
-                    gc.collect()
-                    elapsed = _block_sync(fn, calls)
+                    sync_block(fn, warmup, clock)
+                    if not per_call:  # per-call medians/minimums shrug off a collection; blocks do not
+                        gc.collect()
+                    value = sync_block(fn, calls, clock)
             finally:
                 v.deactivate()
-            per_call[v.name].append(elapsed / calls * 1e6)
+            results[v.name].append(value)
         if progress is not None:
             progress(f"{op}: round {r + 1}/{rounds}")
-    return Result(op, per_call)
+    return Result(op, results)

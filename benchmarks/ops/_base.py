@@ -31,7 +31,7 @@ class OpSpec:
     service: tuple[str, int] | None = None
     needs_http: bool = False
     is_async: bool = False
-    calls: int = 200              # per block in the full mode
+    calls: int = 20               # per block in the full mode (rounds x calls x 6 variants in all)
     contrib_kwargs: dict[str, Any] = field(default_factory=dict)
 
 

@@ -1,4 +1,9 @@
-"""SQLAlchemy Core ``SELECT 1`` on one Connection (psycopg 3 driver)."""
+"""SQLAlchemy Core ``SELECT 1`` on one Connection (psycopg 3 driver).
+
+Ours: the statement span comes from the psycopg integration (see integrations/sqlalchemy.py: the SQLAlchemy
+integration adds pool metrics only), so both are patched. Contrib's SQLAlchemyInstrumentor declares
+``sqlalchemy < 2.1``; it is forced on (``skip_dep_check``) and does make its span on 2.1.
+"""
 
 from __future__ import annotations
 
@@ -24,5 +29,5 @@ def _make(ctx: Ctx):
     return lambda: execute(stmt)
 
 
-SPEC = OpSpec("sqlalchemy", "SQLAlchemy SELECT 1", ("sqlalchemy",), _contrib, _make, "postgresql://*",
-              service=("127.0.0.1", 5432))
+SPEC = OpSpec("sqlalchemy", "SQLAlchemy SELECT 1", ("psycopg", "sqlalchemy"), _contrib, _make, "postgresql://*",
+              service=("127.0.0.1", 5432), contrib_kwargs={"skip_dep_check": True})
