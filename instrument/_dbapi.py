@@ -67,7 +67,7 @@ def error_message(exc: BaseException) -> str:
     PostgreSQL drivers put values in DETAIL (``Key (id)=(42) already exists``): only the primary message is
     kept. MySQL quotes them in the message itself (``Duplicate entry 'x' for key ...``): quoted parts become ?.
     """
-    global _QUOTED  # noqa: PLW0603 - compiled on first use
+    global _QUOTED
     if _QUOTED is None:
         import re
 
@@ -265,11 +265,11 @@ class CursorProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         return ep.call(op, _guarded, (self.__wrapped__.callproc, self._self_cancel, self._self_conn,
                                       (name, *args), kwargs), {}, attributes={"db.stored_procedure.name": name})
 
-    def __enter__(self) -> CursorProxy:
+    def __enter__(self) -> CursorProxy:  # noqa: PYI034 - py3.10 has no typing.Self
         self.__wrapped__.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> Any:
+    def __exit__(self, *exc: object) -> Any:
         return self.__wrapped__.__exit__(*exc)
 
     def __iter__(self) -> Any:

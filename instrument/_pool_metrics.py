@@ -98,9 +98,9 @@ def _snapshots() -> Iterator[tuple[PoolMetrics, Snapshot]]:
 def _count(_options: CallbackOptions) -> Iterator[Observation]:
     for m, snap in _snapshots():
         if snap.idle is not None:
-            yield Observation(snap.idle, m._idle)  # noqa: SLF001
+            yield Observation(snap.idle, m._idle)
         if snap.used is not None:
-            yield Observation(snap.used, m._used)  # noqa: SLF001
+            yield Observation(snap.used, m._used)
 
 
 def _field(index: int) -> Callable[[CallbackOptions], Iterator[Observation]]:

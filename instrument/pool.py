@@ -50,7 +50,7 @@ _names = itertools.count(1)
 
 
 class _Entry:
-    __slots__ = ("conn", "created", "expires", "idle_since", "checked_out")
+    __slots__ = ("checked_out", "conn", "created", "expires", "idle_since")
 
     def __init__(self, conn: Any, now: float, lifetime: float) -> None:
         self.conn = conn
@@ -298,7 +298,7 @@ class Pool(Generic[T]):
     def __enter__(self) -> Pool[T]:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -454,7 +454,7 @@ class AsyncPool(Generic[T]):
     async def __aenter__(self) -> AsyncPool[T]:
         return await self.open()
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
@@ -475,10 +475,10 @@ class PooledConnection(wrapt.ObjectProxy):  # type: ignore[misc]
 
     _self_close_on_exit = False
 
-    def __enter__(self) -> PooledConnection:
+    def __enter__(self) -> PooledConnection:  # noqa: PYI034 - py3.10 has no typing.Self
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
         # the driver's own `with conn:` ends the transaction; drivers whose `with` also closes (PyMySQL)
         # give the connection back instead of closing it
         try:

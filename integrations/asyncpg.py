@@ -99,7 +99,7 @@ async def _statement_method(wrapped: Any, instance: Any, args: tuple[Any, ...], 
             args = (seq, *args[1:])
         params, batch = seq, len(seq)
     # a prepared statement is parameterised by construction only if it has parameters; text as is either way
-    conn = instance._connection  # noqa: SLF001
+    conn = instance._connection
     return await aexecute(endpoint_for(conn), _deadlined, (wrapped, *args), kwargs, query, params if params else None,
                           batch=batch)
 

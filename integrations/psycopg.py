@@ -46,7 +46,7 @@ def endpoint_for(conn: Any) -> Endpoint:
         ep = endpoint("db", "postgresql", f"postgresql://{host}:{port}/{dbname}", server_address=host,
                       server_port=int(port) if port else None, namespace=dbname or None, errors=ERRORS)
         try:
-            conn._instrument_endpoint = ep  # noqa: SLF001 - our cache on the connection
+            conn._instrument_endpoint = ep
         except AttributeError:
             pass
     return ep

@@ -55,7 +55,7 @@ def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         raise
     now = _perf()
     metrics.waited(now - start)
-    conn._instrument_checkout = now  # noqa: SLF001 - our mark on the connection
+    conn._instrument_checkout = now
     return conn
 
 
@@ -67,7 +67,7 @@ def _putconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
 def _used(pool: Any, conn: Any) -> None:
     start = getattr(conn, "_instrument_checkout", None)
     if start is not None:
-        conn._instrument_checkout = None  # noqa: SLF001
+        conn._instrument_checkout = None
         metrics_for(pool).used(_perf() - start)
 
 
@@ -88,7 +88,7 @@ async def _agetconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
         raise
     now = _perf()
     metrics.waited(now - start)
-    conn._instrument_checkout = now  # noqa: SLF001
+    conn._instrument_checkout = now
     return conn
 
 

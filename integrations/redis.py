@@ -105,7 +105,7 @@ def endpoint_for(client: Any) -> Endpoint:
         ep = endpoint("db", "redis", target, server_address=host, server_port=port, namespace=db, errors=ERRORS)
         if pool is not None:
             try:
-                pool._instrument_endpoint = ep  # noqa: SLF001 - our cache on the pool
+                pool._instrument_endpoint = ep
             except AttributeError:
                 pass
     return ep
@@ -178,7 +178,7 @@ def _snapshot(pool: Any) -> Snapshot | None:
     maximum = maximum if isinstance(maximum, int) and maximum < 2**31 - 1 else None
     if queue is not None and hasattr(pool, "_connections"):
         idle = sum(1 for c in list(queue.queue) if c is not None)
-        used = max(0, len(pool._connections) - idle)  # noqa: SLF001
+        used = max(0, len(pool._connections) - idle)
     else:
         idle = len(getattr(pool, "_available_connections", ()))
         used = len(getattr(pool, "_in_use_connections", ()))
@@ -213,7 +213,7 @@ def _get(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, A
         state["_instrument_pending"] -= 1
     now = _perf()
     metrics.waited(now - start)
-    conn._instrument_checkout = now  # noqa: SLF001
+    conn._instrument_checkout = now
     return conn
 
 
@@ -232,14 +232,14 @@ async def _aget(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict
         state["_instrument_pending"] -= 1
     now = _perf()
     metrics.waited(now - start)
-    conn._instrument_checkout = now  # noqa: SLF001
+    conn._instrument_checkout = now
     return conn
 
 
 def _used(pool: Any, conn: Any) -> None:
     start = getattr(conn, "_instrument_checkout", None)
     if start is not None:
-        conn._instrument_checkout = None  # noqa: SLF001
+        conn._instrument_checkout = None
         metrics_for(pool).used(_perf() - start)
 
 

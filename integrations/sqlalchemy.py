@@ -41,7 +41,7 @@ def _snapshot(pool: Any) -> Snapshot | None:
     pending = pool.__dict__.get("_instrument_pending", 0)
     if isinstance(pool, QueuePool):
         size = pool.size()
-        overflow = pool._max_overflow  # noqa: SLF001 - no public accessor
+        overflow = pool._max_overflow
         return Snapshot(idle=pool.checkedin(), used=pool.checkedout(), idle_max=size, idle_min=0,
                         max=size + overflow if overflow >= 0 else None, pending=pending)
     return Snapshot(pending=pending)

@@ -4,7 +4,6 @@ literals sanitised in non-parameterised SQL, deadlines cancelling server-side.""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -40,7 +39,8 @@ def _check_sql(tel: Any, base: dict[str, Any], *, insert_text: str, select_text:
 
 def test_psycopg2(tel, patched) -> None:  # type: ignore[no-untyped-def]
     need("postgresql")
-    psycopg2 = pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg2")
+    import psycopg2
     import psycopg2.extras
 
     patched("psycopg2")

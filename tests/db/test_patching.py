@@ -31,9 +31,9 @@ def test_redis_command_describers_hook(tel, patched) -> None:  # type: ignore[no
 
     need("redis")
     import redis
+    from instrument.integrations import redis as redis_integration
 
     from instrument._call import endpoint
-    from instrument.integrations import redis as redis_integration
 
     patched("redis")
     stream = endpoint("messaging", "redis", "redis://127.0.0.1:6379", server_address="127.0.0.1")
