@@ -478,7 +478,7 @@ class PooledConnection(wrapt.ObjectProxy):  # type: ignore[misc]
     def __enter__(self) -> PooledConnection:  # noqa: PYI034 - py3.10 has no typing.Self
         return self
 
-    def __exit__(self, exc_type: Any, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         # the driver's own `with conn:` ends the transaction; drivers whose `with` also closes (PyMySQL)
         # give the connection back instead of closing it
         try:
