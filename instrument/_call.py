@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from instrument import _context, _instruments
@@ -31,6 +33,16 @@ from instrument._safety import report
 __all__ = ["CallState", "ClientErrors", "Endpoint", "Op", "endpoint", "error_type"]
 
 _perf = time.perf_counter
+_suppressed = _context.suppressed
+_current = _context.current
+_get_current_context = otel_context.get_current
+_SUPPRESS_KEY = _SUPPRESS_INSTRUMENTATION_KEY
+
+
+def _otel_suppressed() -> bool:
+    """OpenTelemetry's own suppression (set by the SDK around its exports, or suppress_instrumentation())."""
+    return bool(_get_current_context().get(_SUPPRESS_KEY))
+
 _set_span_in_context = trace.set_span_in_context
 _ERROR = StatusCode.ERROR
 _CancelledError = asyncio.CancelledError
@@ -220,7 +232,7 @@ class Endpoint:
              on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
              links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
         """Run ``fn(*args, **kwargs)`` as ``op`` on this endpoint, with telemetry and policies."""
-        if _context.suppressed.get() or _context.is_suppressed():
+        if _suppressed.get() or _otel_suppressed():
             return fn(*args, **kwargs)
         try:
             state = self._start(op, attributes, carrier, parent, links)
@@ -229,8 +241,9 @@ class Endpoint:
             report("call start", exc)
             return fn(*args, **kwargs)
         # A consumer span (activate=True) wraps application code whose own calls must be traced.
-        token = _context.suppressed.set(not activate)
-        state_token = _context.current.set(state)
+        token = _suppressed.set(not activate)
+        # Policies and faults read the running call; without a chain nobody does, so skip the contextvar.
+        state_token = _current.set(state) if chain is not None else None
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
@@ -250,7 +263,7 @@ class Endpoint:
                     on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
                     links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
         """The async twin of :meth:`call`: ``fn`` returns an awaitable."""
-        if _context.suppressed.get() or _context.is_suppressed():
+        if _suppressed.get() or _otel_suppressed():
             return await fn(*args, **kwargs)
         try:
             state = self._start(op, attributes, carrier, parent, links)
@@ -258,8 +271,9 @@ class Endpoint:
         except Exception as exc:  # noqa: BLE001 - never let our code break the call
             report("call start", exc)
             return await fn(*args, **kwargs)
-        token = _context.suppressed.set(not activate)
-        state_token = _context.current.set(state)
+        token = _suppressed.set(not activate)
+        # Policies and faults read the running call; without a chain nobody does, so skip the contextvar.
+        state_token = _current.set(state) if chain is not None else None
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
@@ -279,7 +293,7 @@ class Endpoint:
              links: Any = None, activate: bool = True) -> Iterator[CallState | None]:
         """A span (and metrics) around a block rather than a call: for work that spans a ``yield``,
         such as a consumer generator handing one message to the application. No policies apply."""
-        if _context.is_suppressed():
+        if _suppressed.get() or _otel_suppressed():
             yield None
             return
         try:
@@ -327,14 +341,16 @@ class Endpoint:
         if carrier is not None:
             propagate.inject(carrier, context=_set_span_in_context(span))
         state = CallState(op, span, _perf())
-        self._in_flight.add(id(state))
+        if self.kind == "http":  # http.client.active_requests
+            self._in_flight.add(id(state))
         return state
 
     def _finish(self, state: CallState, result: Any, exc: BaseException | None,
                 on_result: Callable[[trace.Span, Any], None] | None) -> None:
         try:
             duration = _perf() - state.start
-            self._in_flight.discard(id(state))
+            if self.kind == "http":
+                self._in_flight.discard(id(state))
             op = state.op
             span = state.span
             status: int | None = None
@@ -410,9 +426,11 @@ def _detach(activated: object) -> None:
 
 
 def _restore(token: Any, state_token: Any, activated: object) -> None:
-    _detach(activated)
-    _context.current.reset(state_token)
-    _context.suppressed.reset(token)
+    if activated is not None:
+        _detach(activated)
+    if state_token is not None:
+        _current.reset(state_token)
+    _suppressed.reset(token)
 
 
 def _default_span_name(ep: Endpoint, name: str, subject: str | None) -> str:
