@@ -151,8 +151,9 @@ def client_endpoint(client: str, target: str, host: str, port: int, *, errors: A
     found = _call._endpoints.get(key)  # noqa: SLF001 - see the docstring
     if found is None:
         attrs = {"server.address": host, "server.port": port}
-        found = _call.Endpoint("http", "http", target, host, port, None, errors, status_of, 400, apply_deadline,
-                               dict(attrs), dict(attrs))
+        found = _call.Endpoint("http", "http", target, server_address=host, server_port=port, errors=errors,
+                               status_of=status_of, apply_deadline=apply_deadline, span_attributes=dict(attrs),
+                               metric_attributes=dict(attrs))
         table = _call._endpoints  # noqa: SLF001
         if len(table) >= _call._ENDPOINTS_MAX:  # noqa: SLF001
             table.pop(next(iter(table)))

@@ -46,7 +46,7 @@ def assert_one_client_span(tel: Any, server: Any, *, path: str, status: int | No
     else:
         assert span.status.status_code == StatusCode.ERROR
     points = tel.metric_points("http.client.request.duration", server__port=server.port)
-    assert len(points) == 1 and points[0].value == 1
+    assert len(points) == 1 and points[0].value == 1, points
     expected = {"http.request.method": method, "server.address": "127.0.0.1", "server.port": server.port}
     if status is not None:
         expected["http.response.status_code"] = status
