@@ -22,6 +22,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from instrument.demo._load import Load
+    from instrument.demo._runner import Services
+    from instrument.demo._view import View
 
 __all__ = ["OUTAGE_RULES", "Schedule", "main"]
 
@@ -102,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         services.start(collector.start)
         print("instrument demo: services up: " + ", ".join(f"{n} :{p}" for n, p in services.ports.items()),
               flush=True)
-        with view:
+        view.start()
+        try:
             view.started = start = time.monotonic()
             load.start()
             phase = ""
@@ -123,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(1.5)  # pending payments go through; the services export once more
             orders = {**view.load, **{f"sampled {k}": v for k, v in load.order_statuses().items()}}
             view.tick(0)
+        finally:
+            view.stop()
     except KeyboardInterrupt:
         code = 130
         view.event("interrupted")
@@ -155,12 +164,8 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _enter(phase: str, before: str, services: object, load: object, view: object, rate: float) -> None:
-    from instrument.demo._load import Load
-    from instrument.demo._runner import Services
-    from instrument.demo._view import View
-
-    assert isinstance(services, Services) and isinstance(load, Load) and isinstance(view, View)
+def _enter(phase: str, before: str, services: Services, load: Load, view: View, rate: float) -> None:
+    """What happens when the script moves from ``before`` to ``phase``."""
     if phase == "payment outage":
         status, _ = services.admin("PUT", "/admin/outage", {"rules": OUTAGE_RULES})
         view.event(f"billing outage begins (fault rules: {OUTAGE_RULES})" if status == 200

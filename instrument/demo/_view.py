@@ -109,18 +109,17 @@ class View:
 
     # -- driving ------------------------------------------------------------------------------------
 
-    def __enter__(self) -> View:
+    def start(self) -> None:
         if self.live:
             from rich.live import Live
 
             self._live = Live(get_renderable=self.renderable, console=self.console, refresh_per_second=4,
                               transient=True)
-            self._live.__enter__()
-        return self
+            self._live.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         if self._live is not None:
-            self._live.__exit__(None, None, None)
+            self._live.stop()
             self._live = None
 
     def tick(self, n: int) -> None:

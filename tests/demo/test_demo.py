@@ -22,7 +22,8 @@ def run_demo(receiver: OtlpReceiver, *args: str, timeout: float = 75.0) -> subpr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
     env.update(receiver.env("grpc"))
     return subprocess.run([sys.executable, "-m", "instrument.cli", "demo", "--duration", DURATION, *args],
-                          env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          check=False)
 
 
 def ports(stdout: str) -> dict[str, int]:

@@ -65,7 +65,7 @@ class Store:
             self._run("PRAGMA journal_mode=WAL")  # readers and the writer do not block each other
         try:
             self._run(SCHEMA)
-        except Exception:  # noqa: BLE001 - two demos creating the table at once: the other one won
+        except Exception:
             if not self.postgres:
                 raise
 
