@@ -242,8 +242,8 @@ class Endpoint:
             return fn(*args, **kwargs)
         # A consumer span (activate=True) wraps application code whose own calls must be traced.
         token = _suppressed.set(not activate)
-        # Policies and faults read the running call; without a chain nobody does, so skip the contextvar.
-        state_token = _current.set(state) if chain is not None else None
+        # Policies, faults and message handlers (activate) read the running call; otherwise nobody does.
+        state_token = _current.set(state) if chain is not None or activate else None
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
@@ -272,8 +272,8 @@ class Endpoint:
             report("call start", exc)
             return await fn(*args, **kwargs)
         token = _suppressed.set(not activate)
-        # Policies and faults read the running call; without a chain nobody does, so skip the contextvar.
-        state_token = _current.set(state) if chain is not None else None
+        # Policies, faults and message handlers (activate) read the running call; otherwise nobody does.
+        state_token = _current.set(state) if chain is not None or activate else None
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
