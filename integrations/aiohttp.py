@@ -42,10 +42,15 @@ def _synthesized(status: int, retry_after: float | None) -> aiohttp.ClientRespon
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after) if retry_after == int(retry_after) else retry_after)
     url = URL("http://injected.invalid/")
-    response = aiohttp.ClientResponse(
-        "GET", url, writer=None, continue100=None, timer=TimerNoop(),
-        request_info=RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url), traces=[],
-        loop=asyncio.get_running_loop(), session=None, stream_writer=None)  # type: ignore[arg-type]
+    arguments: dict[str, Any] = {
+        "writer": None, "continue100": None, "timer": TimerNoop(), "traces": [], "session": None,
+        "request_info": RequestInfo(url, "GET", CIMultiDictProxy(CIMultiDict()), url),
+        "loop": asyncio.get_running_loop(), "stream_writer": SimpleNamespace(output_size=0)}
+    try:
+        response = aiohttp.ClientResponse("GET", url, **arguments)
+    except TypeError:  # aiohttp before 3.12 has no stream_writer argument
+        del arguments["stream_writer"]
+        response = aiohttp.ClientResponse("GET", url, **arguments)
     response.status = status
     response.reason = "Injected Fault"
     response._headers = CIMultiDictProxy(headers)  # noqa: SLF001 - what ClientResponse.start() would set

@@ -108,3 +108,14 @@ async def test_aiohttp_redirect_chain_is_one_span(tel, server, patched):  # type
     assert await _aiohttp_get(server.url("/redirect"), 5) == 200
     (span,) = client_spans(tel)
     assert span.attributes["http.response.status_code"] == 200
+
+
+async def test_injected_faults_look_like_the_client(tel, server, client):  # type: ignore[no-untyped-def]
+    from instrument.faults import inject
+
+    with inject(f"http://127.0.0.1:{server.port}: status 503 retry-after=2s"):
+        assert await client.get(server.url("/ok"), 5) == 503
+    with inject(f"http://127.0.0.1:{server.port}: error"), pytest.raises(client.raises):
+        await client.get(server.url("/ok"), 5)
+    assert server.seen == []
+    assert client_spans(tel)[0].attributes["error.type"] == "503"

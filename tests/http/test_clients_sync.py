@@ -148,3 +148,14 @@ def test_unpatch_restores_the_client(tel, server, client):  # type: ignore[no-un
     client.get(server.url("/ok"), 5)
     assert client_spans(tel) == []
     assert "traceparent" not in server.last().headers
+
+
+def test_injected_faults_look_like_the_client(tel, server, client):  # type: ignore[no-untyped-def]
+    from instrument.faults import inject
+
+    with inject(f"http://127.0.0.1:{server.port}: status 503"):
+        assert client.get(server.url("/ok"), 5) == 503
+    with inject(f"http://127.0.0.1:{server.port}: error"), pytest.raises(client.raises):
+        client.get(server.url("/ok"), 5)
+    assert server.seen == []  # neither reached the server
+    assert [s.attributes["error.type"] for s in client_spans(tel)][0] == "503"
