@@ -242,8 +242,7 @@ class Endpoint:
             return fn(*args, **kwargs)
         # A consumer span (activate=True) wraps application code whose own calls must be traced.
         token = _suppressed.set(not activate)
-        # Policies, faults and message handlers (activate) read the running call; otherwise nobody does.
-        state_token = _current.set(state) if chain is not None or activate else None
+        state_token = _current.set(state)  # read by policies, faults, message handlers, integrations
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
@@ -272,8 +271,7 @@ class Endpoint:
             report("call start", exc)
             return await fn(*args, **kwargs)
         token = _suppressed.set(not activate)
-        # Policies, faults and message handlers (activate) read the running call; otherwise nobody does.
-        state_token = _current.set(state) if chain is not None or activate else None
+        state_token = _current.set(state)  # read by policies, faults, message handlers, integrations
         activated = _activate(state.span) if activate else None
         try:
             if chain is None:
@@ -428,8 +426,7 @@ def _detach(activated: object) -> None:
 def _restore(token: Any, state_token: Any, activated: object) -> None:
     if activated is not None:
         _detach(activated)
-    if state_token is not None:
-        _current.reset(state_token)
+    _current.reset(state_token)
     _suppressed.reset(token)
 
 
