@@ -10,17 +10,19 @@ Errors: policies' rejections and injected faults are ``psycopg.OperationalError`
 ``psycopg.errors.QueryCanceled``. Breakers and retries count only operational/interface errors.
 Deadlines: sync statements are cancelled server-side when a Timeout policy's deadline passes (the
 PostgreSQL cancel request, raising ``QueryCanceled``); async ones are cancelled by the policy and psycopg
-sends the cancel request itself. Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg.
+sends the cancel request itself. A connect under a deadline gets ``connect_timeout``. Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import psycopg
 from psycopg import errors as pe
 
 from instrument._call import Endpoint, endpoint
+from instrument._context import remaining
 from instrument._dbapi import aexecute, batch_size, execute, sql_errors
 from instrument.patching import Target, apply, revert
 
@@ -104,9 +106,32 @@ def _render(query: Any, conn: Any) -> Any:
         return ""
 
 
+CONNECTS = (
+    Target("psycopg", "connect"),
+    Target("psycopg", "Connection.connect"),
+    Target("psycopg", "AsyncConnection.connect", is_async=True),
+)
+
+
+def _with_connect_timeout(kwargs: dict[str, Any]) -> dict[str, Any]:
+    left = remaining()
+    if left is not None and "connect_timeout" not in kwargs:
+        kwargs = {**kwargs, "connect_timeout": max(2, math.ceil(left))}  # libpq: whole seconds, 2 at least
+    return kwargs
+
+
+def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return wrapped(*args, **_with_connect_timeout(kwargs))
+
+
+async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await wrapped(*args, **_with_connect_timeout(kwargs))
+
+
 def patch() -> None:
     apply(TARGETS[:3], _dispatch)
     apply(TARGETS[3:], _aexecute, _aexecute)
+    apply(CONNECTS, _connect, _aconnect)
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -116,4 +141,5 @@ def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
 
 
 def unpatch() -> None:
+    revert(CONNECTS)
     revert(TARGETS)
