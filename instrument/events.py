@@ -20,8 +20,8 @@ class PolicyEvent:
 
     ``name`` is one of: ``retry.scheduled``, ``retry.gave_up``, ``retry.succeeded``,
     ``circuit.opened``, ``circuit.half_opened``, ``circuit.closed``, ``circuit.rejected``,
-    ``timeout.expired``, ``bulkhead.rejected``, ``rate_limit.rejected``, ``pool.timeout``,
-    ``fault.injected``.
+    ``timeout.expired``, ``bulkhead.rejected``, ``rate_limit.rejected``, ``rate_limit.unavailable``
+    (a shared limiter's Redis is unreachable), ``pool.timeout``, ``fault.injected``.
     """
 
     pipeline: str  # the target identity, e.g. "http://payments:8080", or a user-given name

@@ -24,7 +24,7 @@ from ._base import Clock, Outcomes, Policy, current, error_name, event, monotoni
 
 __all__ = ["Retry", "RetryBudget", "backoff"]
 
-_ctx_deadline = _context._deadline  # noqa: SLF001 - the core's deadline variable, read/set without a generator CM
+_ctx_deadline = _context.deadline_var  # set/reset directly: no generator CM on the hot path
 
 
 def backoff(retry: int, base: float, cap: float, random: Callable[[], float] = _random.random) -> float:
