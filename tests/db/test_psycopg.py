@@ -130,8 +130,6 @@ async def test_async_cancel_reaches_server(tel, patched) -> None:  # type: ignor
     assert "error.type" not in span.attributes  # a cancelled call is not an error
 
 
-# The policies' async Timeout raised IndexError from its timer wheel at the time of writing (not ours).
-@pytest.mark.xfail(raises=IndexError, strict=False, reason="instrument.policies async Timeout timer-wheel bug")
 async def test_async_policy_timeout_cancels_server_side(tel, patched, settings_env) -> None:  # type: ignore[no-untyped-def]
     need("postgresql")
     pytest.importorskip("instrument.policies._config")
