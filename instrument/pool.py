@@ -581,3 +581,11 @@ def configured(driver: str, env: Any = None) -> dict[str, Any] | None:
     if not text:
         return None
     return parse_config(text).get(driver)
+
+
+def validate_settings(settings: Any) -> None:
+    """Check INSTRUMENT_DB_POOL at init (for ``instrument._settings.VALIDATORS``); raises ConfigError."""
+    import os
+
+    text = getattr(settings, "db_pool", None)
+    parse_config(os.environ.get(VARIABLE, "") if text is None else text)
