@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.composite import CompositePropagator
 
+from instrument import _export, _fork
 from instrument._instruments import VERSION
 from instrument._settings import Exporter, Settings
 
@@ -128,6 +129,7 @@ def setup(settings: Settings) -> Providers:
     _setup_propagators(settings)
     if settings.sdk_disabled:
         return providers
+    _fork.prepare()  # before any provider registers its at-fork hook (see instrument/_fork.py)
     resource = build_resource(settings)
 
     current_tp = trace.get_tracer_provider()
@@ -137,8 +139,10 @@ def setup(settings: Settings) -> Providers:
 
         tp = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
         if settings.traces.kind != "none":
-            tp.add_span_processor(BatchSpanProcessor(_span_exporter(settings.traces),
-                                                     export_timeout_millis=settings.traces.timeout * 1000))
+            bsp = BatchSpanProcessor(_export.CountingExporter(_span_exporter(settings.traces), "traces"),
+                                     export_timeout_millis=settings.traces.timeout * 1000)
+            _export.count_queue_drops(bsp, "traces")
+            tp.add_span_processor(bsp)
         trace.set_tracer_provider(tp)
         providers.owned.append(tp)
         current_tp = tp
@@ -152,7 +156,7 @@ def setup(settings: Settings) -> Providers:
         readers = []
         if settings.metrics.kind != "none":
             readers.append(PeriodicExportingMetricReader(
-                _metric_exporter(settings.metrics),
+                _export.CountingExporter(_metric_exporter(settings.metrics), "metrics"),
                 export_interval_millis=settings.metric_export_interval * 1000,
                 export_timeout_millis=settings.metrics.timeout * 1000))
         mp = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -170,12 +174,17 @@ def setup(settings: Settings) -> Providers:
 
         lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
         if settings.logs.kind != "none":
-            lp.add_log_record_processor(BatchLogRecordProcessor(_log_exporter(settings.logs),
-                                                                export_timeout_millis=settings.logs.timeout * 1000))
+            blrp = BatchLogRecordProcessor(_export.CountingExporter(_log_exporter(settings.logs), "logs"),
+                                           export_timeout_millis=settings.logs.timeout * 1000)
+            _export.count_queue_drops(blrp, "logs")
+            lp.add_log_record_processor(blrp)
         _logs.set_logger_provider(lp)
         providers.owned.append(lp)
         current_lp = lp
     providers.logger_provider = current_lp
+    if providers.owned:
+        _export.observe()
+        _fork.install(providers)
     return providers
 
 

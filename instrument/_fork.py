@@ -1,0 +1,189 @@
+"""Pre-fork servers: what a forked worker must redo so that it is a process of its own.
+
+gunicorn ``--preload``, uWSGI and ``multiprocessing`` (fork) start the toolkit once in the parent and
+then fork workers. OpenTelemetry SDK 1.45 already handles, in each child, its batch processors' and
+metric reader's threads and queues, the providers' locks, and ``service.instance.id`` (its
+process-dependent resource detector runs again). What it does not cover is redone here, in one
+``os.register_at_fork(after_in_child=...)`` hook:
+
+- ``process.pid`` (and ``process.parent_pid``) in the providers' resource, and ``service.instance.id``
+  too should the SDK not have renewed it;
+- gRPC exporter channels: a channel made in the parent must not be used in the child (gRPC's fork
+  support is off by default), so each owned OTLP gRPC exporter gets a new channel;
+- the toolkit's own state: locks that another parent thread may have held at fork time, the breaker
+  and policy registry (breakers are per worker), the calls in flight, the reported-once set.
+
+One ordering hazard is fixed at :func:`prepare` time, before the providers exist: the SDK's child hook
+runs resource detectors in a ``ThreadPoolExecutor``, and ``concurrent.futures.thread`` holds a global
+lock across ``fork()`` that its own child hook re-creates. If that module is first imported *after*
+the providers were made, its hook runs after theirs and every forked child deadlocks. Importing it
+first keeps the order right.
+
+The resource is private state of each provider; the one SDK method used (``_update_resource``) is the
+one the SDK's own fork handler calls. ``tests/hardening/test_fork.py`` fails if that shape changes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from typing import Any
+
+__all__ = ["after_in_child", "install", "prepare"]
+
+_providers: list[Any] = []  # the toolkit's Providers object(s), set by install()
+_installed = [False]
+_parent_instance: dict[str, Any] = {}
+
+
+def prepare() -> None:
+    """Call before creating SDK providers: makes the SDK's own at-fork handler safe (see the docstring)."""
+    import concurrent.futures.thread  # noqa: F401 - imported for its at-fork hook's registration order
+
+
+def install(providers: Any) -> None:
+    """Register the child hook once; ``providers`` is what :func:`instrument._otel.setup` returned."""
+    _providers[:] = [providers]
+    tp = getattr(providers, "tracer_provider", None)
+    resource = getattr(tp, "resource", None)
+    if resource is not None:
+        _parent_instance["service.instance.id"] = resource.attributes.get("service.instance.id")
+    if _installed[0] or not hasattr(os, "register_at_fork"):
+        return
+    _installed[0] = True
+    os.register_at_fork(after_in_child=_hook)
+
+
+def _hook() -> None:
+    try:
+        after_in_child()
+    except Exception as exc:  # noqa: BLE001 - a failing hook must never take the worker down
+        from instrument import _safety
+
+        _safety.report("fork", exc)
+
+
+def after_in_child() -> None:
+    """Everything a forked child redoes (run by the at-fork hook; callable by tests)."""
+    _reset_locks()
+    _reset_toolkit_state()
+    if _providers:
+        _renew_resource(_providers[0])
+        _renew_grpc_channels(_providers[0])
+
+
+def _reset_locks() -> None:
+    import instrument
+    from instrument import _safety, integrations
+
+    instrument._lock = threading.Lock()
+    _safety._lock = threading.Lock()
+    integrations._lock = threading.Lock()
+    try:
+        from instrument.policies import _config
+
+        _config._lock = threading.Lock()
+    except ImportError:  # pragma: no cover - policies always ship
+        pass
+    try:
+        from instrument.faults import _registry
+
+        _registry._lock = threading.Lock()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _reset_toolkit_state() -> None:
+    from instrument import _call, _context, _safety
+
+    _safety._seen.clear()
+    _safety.failures = 0
+    for ep in _call.endpoints():
+        ep._in_flight = set()  # the parent's calls run in threads the child does not have
+    try:
+        from instrument.policies import _config
+
+        _config._registry.clear()  # breakers, bulkheads, limiters: fresh per worker
+    except ImportError:  # pragma: no cover
+        pass
+    _context.generation.bump()  # every endpoint rebuilds its chain (new policy objects) on next call
+    from instrument import _export
+
+    _export.reset()
+
+
+def _owned(providers: Any) -> list[Any]:
+    return list(getattr(providers, "owned", ()) or ())
+
+
+def _renew_resource(providers: Any) -> None:
+    from opentelemetry.sdk.resources import Resource
+
+    attrs: dict[str, Any] = {"process.pid": os.getpid(), "process.parent_pid": os.getppid()}
+    for provider in _owned(providers):
+        current = _resource_of(provider)
+        if current is None:
+            continue
+        old = current.attributes.get("service.instance.id")
+        if old is None or old == _parent_instance.get("service.instance.id"):
+            # The SDK did not renew it (older SDK): a worker must not share the parent's identity.
+            attrs.setdefault("service.instance.id", str(uuid.uuid4()))
+        update = getattr(provider, "_update_resource", None)
+        if update is not None:
+            update(Resource(attrs))
+
+
+def _resource_of(provider: Any) -> Any:
+    resource = getattr(provider, "resource", None)
+    if resource is None:  # MeterProvider keeps it in its SDK config
+        resource = getattr(getattr(provider, "_sdk_config", None), "resource", None)
+    return resource
+
+
+def exporters(providers: Any) -> list[Any]:
+    """The exporters behind the processors and readers of the providers we own (unwrapped)."""
+    found: list[Any] = []
+    for provider in _owned(providers):
+        multi = getattr(provider, "_active_span_processor", None)
+        if multi is None:  # LoggerProvider
+            multi = getattr(provider, "_multi_log_record_processor", None)
+        for processor in getattr(multi, "_span_processors", ()) or getattr(multi, "_log_record_processors", ()) or ():
+            inner = getattr(processor, "_batch_processor", None)
+            exporter = getattr(inner, "_exporter", None) or getattr(processor, "span_exporter", None)
+            if exporter is not None:
+                found.append(exporter)
+        for reader in getattr(provider, "_metric_readers", ()) or ():
+            exporter = getattr(reader, "_exporter", None)
+            if exporter is not None:
+                found.append(exporter)
+    return [getattr(e, "wrapped", e) for e in found]
+
+
+def _renew_grpc_channels(providers: Any) -> None:
+    for exporter in exporters(providers):
+        reinit = getattr(exporter, "_initialize_channel_and_stub", None)
+        if reinit is not None and getattr(exporter, "_channel", None) is not None:
+            # The parent's channel is abandoned, not closed: closing it could touch state the parent owns.
+            reinit()
+        else:
+            _drop_http_connections(exporter)
+
+
+def _drop_http_connections(exporter: Any) -> None:
+    """OTLP/HTTP: forget keep-alive sockets inherited from the parent (both would read the same socket)."""
+    for session in _sessions(exporter, depth=3):
+        for adapter in list(getattr(session, "adapters", {}).values()):
+            manager = getattr(adapter, "poolmanager", None)
+            if manager is not None:
+                manager.clear()  # closes the child's copies only; the parent keeps its own descriptors
+
+
+def _sessions(obj: Any, depth: int) -> list[Any]:
+    found: list[Any] = []
+    for value in list(getattr(obj, "__dict__", {}).values()) + [getattr(obj, n, None) for n in getattr(type(obj), "__slots__", ())]:
+        if type(value).__name__ == "Session" and hasattr(value, "adapters"):
+            found.append(value)
+        elif depth > 1 and hasattr(value, "__dict__") and type(value).__module__.startswith("opentelemetry"):
+            found.extend(_sessions(value, depth - 1))
+    return found
