@@ -1,0 +1,282 @@
+"""Pre-fork servers: gunicorn --preload with sync and uvicorn workers, and the fork hook itself.
+
+Each worker must export its own traces, metrics and logs (its own service.instance.id and process.pid),
+nothing may deadlock, and policy state (breakers) is per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import free_port, run_python
+
+WSGI_APP = textwrap.dedent("""
+    import instrument.auto  # at module top: runs once in the gunicorn master (--preload)
+    import logging, os, json
+    import requests
+    from instrument import policies
+
+    UPSTREAM = os.environ["UPSTREAM"]
+    # Trip the breaker for a dead target in the master: workers must not inherit an open breaker.
+    for _ in range(3):
+        try:
+            requests.get(os.environ["DEAD"], timeout=0.5)
+        except Exception:
+            pass
+    MASTER_BREAKERS = {b.target: b.state for b in policies.breakers()}
+    log = logging.getLogger("app")
+
+    def app(environ, start_response):
+        response = requests.get(UPSTREAM + "/work")
+        log.warning("served pid=%s", os.getpid())
+        body = json.dumps({"pid": os.getpid(), "status": response.status_code, "master": MASTER_BREAKERS,
+                           "breakers": {b.target: b.state for b in policies.breakers()}}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+""")
+
+ASGI_APP = textwrap.dedent("""
+    import instrument.auto
+    import json, logging, os
+    import httpx
+
+    UPSTREAM = os.environ["UPSTREAM"]
+    log = logging.getLogger("app")
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        async with httpx.AsyncClient() as client:
+            response = await client.get(UPSTREAM + "/work")
+        log.warning("served pid=%s", os.getpid())
+        body = json.dumps({"pid": os.getpid(), "status": response.status_code}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+""")
+
+
+def _gunicorn(tmp_path: Path, app_source: str, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen[str], int]:
+    (tmp_path / "app.py").write_text(app_source)
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-b", f"127.0.0.1:{port}",
+         "--graceful-timeout", "5", "--timeout", "30", *extra, "app:app"],
+        cwd=tmp_path, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, port
+
+
+def _drive_until_two_workers(proc: subprocess.Popen[str], port: int, timeout: float = 30.0) -> dict[int, dict]:
+    answers: dict[int, dict] = {}
+    deadline = time.monotonic() + timeout
+    while len(answers) < 2:
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only workers {sorted(answers)} answered within {timeout}s")
+        try:
+            # A new connection per request, so that the kernel spreads them over both workers.
+            reply = requests.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}, timeout=5)
+        except requests.ConnectionError:
+            time.sleep(0.1)
+            continue
+        body = reply.json()
+        answers.setdefault(body["pid"], body)
+    return answers
+
+
+def _stop(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"gunicorn did not stop within {timeout}s of SIGTERM:\n{out}") from None
+    return out
+
+
+def _assert_per_worker_telemetry(receiver, pids: set[int]) -> None:
+    def by_worker(items):
+        return {int(i.resource.get("process.pid", 0)) for i in items} & pids
+
+    receiver.wait_for(lambda: by_worker(s for s in receiver.spans() if s.kind == "CLIENT") == pids, timeout=15)
+    receiver.wait_for(lambda: by_worker(receiver.metric_points("http.client.request.duration")) == pids, timeout=15)
+    receiver.wait_for(lambda: by_worker(r for r in receiver.logs() if str(r.body).startswith("served")) == pids,
+                      timeout=15)
+    # Each worker has its own service.instance.id, distinct from each other's.
+    instances: dict[int, set[str]] = {}
+    for span in receiver.spans():
+        pid = int(span.resource.get("process.pid", 0))
+        if pid in pids:
+            instances.setdefault(pid, set()).add(span.resource["service.instance.id"])
+    assert all(len(ids) == 1 for ids in instances.values()), instances
+    assert len(set().union(*instances.values())) == 2, instances
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_gunicorn_preload_sync_workers_export_their_own_telemetry(tmp_path, receiver, upstream, protocol):
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {**receiver.env(protocol), "OTEL_SERVICE_NAME": "preforked", "UPSTREAM": upstream.url,
+           "DEAD": dead + "/", "INSTRUMENT_POLICIES": f"{dead}=breaker(window=3,min_calls=2,wait=60s)",
+           "INSTRUMENT_LOG_LEVEL": "info"}
+    proc, port = _gunicorn(tmp_path, WSGI_APP, env)
+    try:
+        answers = _drive_until_two_workers(proc, port)
+        pids = set(answers)
+        # The master tripped its breaker while preloading; each worker starts with its own, closed one.
+        for body in answers.values():
+            assert body["status"] == 200
+            assert body["master"] == {dead: "open"}, body
+            assert body["breakers"] == {}, body
+        _assert_per_worker_telemetry(receiver, pids)
+    finally:
+        out = _stop(proc)
+    assert proc.returncode == 0, out
+    assert "Failed to detach context" not in out
+    assert "deadlock" not in out.lower()
+
+
+@pytest.mark.timeout(90)
+def test_gunicorn_preload_uvicorn_workers_export_their_own_telemetry(tmp_path, receiver, upstream):
+    pytest.importorskip("uvicorn")
+    worker_class = "uvicorn_worker.UvicornWorker"
+    try:
+        import uvicorn_worker  # noqa: F401 - uvicorn >= 0.30 moved its gunicorn worker to this package
+    except ImportError:
+        worker_class = "uvicorn.workers.UvicornWorker"
+    env = {**receiver.env("grpc"), "OTEL_SERVICE_NAME": "preforked-asgi", "UPSTREAM": upstream.url}
+    proc, port = _gunicorn(tmp_path, ASGI_APP, env, "-k", worker_class)
+    try:
+        answers = _drive_until_two_workers(proc, port)
+        assert all(b["status"] == 200 for b in answers.values())
+        _assert_per_worker_telemetry(receiver, set(answers))
+    finally:
+        out = _stop(proc)
+    assert proc.returncode == 0, out
+    assert "Failed to detach context" not in out
+
+
+def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
+    """os.fork() directly: resource, gRPC channel, breaker registry and reported-once set per child."""
+    code = textwrap.dedent("""
+        import os, json, time
+        import instrument
+        instrument.init()
+        from opentelemetry import trace
+        from instrument import _call, _fork, _safety
+        from instrument.policies import _config
+        tracer = trace.get_tracer("t")
+        with tracer.start_as_current_span("in-parent"):
+            pass
+        trace.get_tracer_provider().force_flush()
+        parent_id = trace.get_tracer_provider().resource.attributes["service.instance.id"]
+        _safety.report("somewhere", RuntimeError("x"))
+        _config._registry[(0, "http://x:1")] = ("breaker",)
+        ep = _call.endpoint("http", "http", "http://inflight:1")
+        ep._in_flight.add(1)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            tp = trace.get_tracer_provider()
+            attrs = tp.resource.attributes
+            with tracer.start_as_current_span("in-child"):
+                pass
+            flushed = tp.force_flush(5000)
+            state = {"pid": os.getpid(), "instance": attrs["service.instance.id"], "rpid": attrs["process.pid"],
+                     "ppid": attrs.get("process.parent_pid"), "seen": sorted(_safety._seen),
+                     "registry": len(_config._registry), "inflight": ep.active_requests, "flushed": flushed}
+            os.write(w, json.dumps(state).encode())
+            instrument.shutdown(2)
+            os._exit(0)
+        os.close(w)
+        _, status = os.waitpid(pid, 0)
+        child = json.loads(os.read(r, 65536))
+        print(json.dumps({"parent": os.getpid(), "parent_instance": parent_id, "child": child,
+                          "status": status}))
+    """)
+    result = run_python(code, env={**receiver.env("grpc"), "OTEL_SERVICE_NAME": "forked"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    child = out["child"]
+    assert out["status"] == 0
+    assert child["rpid"] == child["pid"] != out["parent"]
+    assert child["ppid"] == out["parent"]
+    assert child["instance"] != out["parent_instance"]
+    assert child["seen"] == [] and child["registry"] == 0 and child["inflight"] == 0
+    assert child["flushed"] is True
+    span = receiver.wait_for_span(lambda s: s.name == "in-child")
+    assert span.resource["service.instance.id"] == child["instance"]
+    assert int(span.resource["process.pid"]) == child["pid"]
+    parent_span = receiver.wait_for_span(lambda s: s.name == "in-parent")
+    assert parent_span.resource["service.instance.id"] == out["parent_instance"]
+
+
+def test_sdk_at_fork_handler_does_not_deadlock_when_futures_is_imported_late():
+    """The SDK's child hook uses a ThreadPoolExecutor; concurrent.futures imported after the providers
+    would register its lock-reset hook after theirs, and the child would hang. _fork.prepare() prevents it."""
+    code = textwrap.dedent("""
+        import os, sys
+        assert "concurrent.futures.thread" not in sys.modules, "precondition: nothing imported it yet"
+        import instrument
+        instrument.init()
+        import concurrent.futures.thread  # late: after the providers exist
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child exited", status)
+    """)
+    result = run_python(code, env={"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+                                   "OTEL_LOGS_EXPORTER": "none"}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "child exited 0" in result.stdout
+
+
+def test_sdk_shape_the_fork_hook_relies_on():
+    """Fails if the SDK changes the private shape instrument/_fork.py and _export.py use."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogRecordExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    from instrument import _export, _fork
+
+    for provider in (TracerProvider(shutdown_on_exit=False), MeterProvider(shutdown_on_exit=False),
+                     LoggerProvider(shutdown_on_exit=False)):
+        assert callable(getattr(provider, "_update_resource", None)), type(provider)
+        assert callable(getattr(provider, "_handle_fork", None)), type(provider)  # the SDK renews instance id
+        provider._update_resource(Resource({"process.pid": 1}))
+        assert _fork._resource_of(provider).attributes["process.pid"] == 1
+        provider.shutdown()
+    for processor in (BatchSpanProcessor(ConsoleSpanExporter()), BatchLogRecordProcessor(ConsoleLogRecordExporter())):
+        assert _export.count_queue_drops(processor, "traces")
+        processor.shutdown()
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1", insecure=True)
+    assert callable(exporter._initialize_channel_and_stub) and exporter._channel is not None
+    exporter.shutdown()
