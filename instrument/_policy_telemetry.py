@@ -104,8 +104,19 @@ def observe_breakers(_options: Any) -> Any:
         current = breaker.state
         for state in _STATES:
             out.append(Observation(1 if state == current else 0,
-                                   {"instrument.policy.target": breaker.name, "state": state}))
+                                   {"instrument.policy.target": breaker.target, "state": state}))
     return out
+
+
+def observe_bulkheads(_options: Any) -> Any:
+    """Callback of ``instrument.bulkhead.active``: calls holding a slot, per configured bulkhead."""
+    from opentelemetry.metrics import Observation
+
+    try:
+        from instrument.policies import bulkheads
+    except ImportError:
+        return []
+    return [Observation(b.active, {"instrument.policy.target": b.target}) for b in bulkheads()]
 
 
 def observe_active_requests(_options: Any) -> Any:
@@ -130,4 +141,5 @@ def install() -> None:
 
     events.subscribe(on_event)
     _instruments.observe("instrument.circuit_breaker.state", observe_breakers)
+    _instruments.observe("instrument.bulkhead.active", observe_bulkheads)
     _instruments.observe("http.client.active_requests", observe_active_requests)

@@ -23,14 +23,13 @@ from __future__ import annotations
 from ._base import Outcomes, retry_after
 from ._bulkhead import Bulkhead
 from ._circuit import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
-from ._config import BreakerView, Rule, breakers, configure, parse, pipeline, policies_for, rules, validate_settings
+from ._config import Rule, breakers, bulkheads, configure, parse, pipeline, policies_for, rules, validate_settings
 from ._pipeline import Pipeline
 from ._ratelimit import RateLimiter, RedisRateLimiter
 from ._retry import Retry, RetryBudget, backoff
 from ._timeout import Timeout, remaining
 
 __all__ = [
-    "BreakerView",
     "Bulkhead",
     "CLOSED",
     "CircuitBreaker",

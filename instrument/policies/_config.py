@@ -36,7 +36,7 @@ from ._ratelimit import RateLimiter, RedisRateLimiter
 from ._retry import Retry, RetryBudget
 from ._timeout import Timeout
 
-__all__ = ["BreakerView", "Rule", "breakers", "configure", "parse", "pipeline", "policies_for", "rules",
+__all__ = ["Rule", "breakers", "bulkheads", "configure", "parse", "pipeline", "policies_for", "rules",
            "validate_settings"]
 
 VARIABLE = "INSTRUMENT_POLICIES"
@@ -464,29 +464,23 @@ def policies_for(endpoint: Any) -> tuple[Any, ...]:
     return policies
 
 
-@dataclass(frozen=True)
-class BreakerView:
-    """What the breaker-state gauge reads: ``name`` is the target identity, ``state`` the live state."""
-
-    breaker: CircuitBreaker
-
-    @property
-    def name(self) -> str:
-        return self.breaker.target
-
-    @property
-    def state(self) -> str:
-        return self.breaker.state
-
-
-def breakers() -> Iterator[BreakerView]:
-    """Every breaker in the registry (configured ones), as views with ``.name`` (target) and ``.state``."""
+def _configured(kind: type) -> Iterator[Any]:
     with _lock:
         groups = list(_registry.values())
     for policies in groups:
         for policy in policies:
-            if isinstance(policy, CircuitBreaker):
-                yield BreakerView(policy)
+            if isinstance(policy, kind):
+                yield policy
+
+
+def breakers() -> Iterator[CircuitBreaker]:
+    """Every configured breaker (``.target``, ``.state``): what the breaker-state gauge reads."""
+    return _configured(CircuitBreaker)
+
+
+def bulkheads() -> Iterator[Bulkhead]:
+    """Every configured bulkhead (``.target``, ``.active``): what the bulkhead-active gauge reads."""
+    return _configured(Bulkhead)
 
 
 def pipeline(text: str, name: str = "pipeline") -> Pipeline:

@@ -53,7 +53,7 @@ def test_first_match_wins_and_breakers_are_per_target() -> None:
     b1 = policies_for(Ep("http://b:1"))[0]
     b2 = policies_for(Ep("http://c:1"))[0]
     assert b1 is not b2 and b1 is policies_for(Ep("http://b:1"))[0]  # shared per target identity
-    assert sorted(v.name for v in breakers()) == ["http://b:1", "http://c:1"]
+    assert sorted(v.target for v in breakers()) == ["http://b:1", "http://c:1"]
     assert {v.state for v in breakers()} == {"closed"}
 
 

@@ -28,7 +28,7 @@ def _connect(port: int) -> object:
 
 def _breaker_state(target: str) -> str | None:
     for view in policies.breakers():
-        if view.name == target:
+        if view.target == target:
             return view.state
     return None
 
