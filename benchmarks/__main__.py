@@ -69,7 +69,7 @@ def _ratio(x: float | None) -> str:
 
 
 def _self_check(spec: Any, vs: list[harness.Variant], tel: Any) -> str:
-    expected = {"bare": 0, "A/A": 0, "ours": 1, "ours+bt": 1, "ours sampled-out": 0, "contrib": 1}
+    expected = {"proposed": 1, "bare": 0, "A/A": 0, "ours": 1, "ours+bt": 1, "ours sampled-out": 0, "contrib": 1}
     got = {}
     for v in vs:
         v.activate()
@@ -89,11 +89,15 @@ def _self_check(spec: Any, vs: list[harness.Variant], tel: Any) -> str:
     return "ok" if not bad else "spans " + ", ".join(f"{k}={n}" for k, n in bad.items())
 
 
-def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tuple[Table, list[dict[str, Any]]]:
+def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tuple[Table, list[dict[str, Any]],
+                                                                                Table | None]:
     table = Table("Per-call overhead vs OpenTelemetry contrib (µs; median (min..max) over rounds)",
                   ["operation", "bare µs", "A/A Δ", "ours Δ", "ours+bt Δ", "contrib Δ", "ours/contrib",
                    "ours+bt/contrib", "sampled-out Δ", "check"])
     summary = []
+    proposals = Table("Proposed hot-path changes (benchmarks/proposals/), emulated at run time, same rounds",
+                      ["operation", "ours+bt Δ now", "ours+bt Δ proposed", "contrib Δ", "now/contrib",
+                       "proposed/contrib"])
     for key in keys:
         spec = load(key)
         missing = missing_integrations(spec)
@@ -108,7 +112,7 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
         except ImportError as exc:
             table.notes.append(f"{spec.title}: skipped, contrib instrumentor not installed ({exc})")
             continue
-        vs = variants(spec, ctx, tel)
+        vs = variants(spec, ctx, tel, proposals=args.proposals)
         try:
             check = _self_check(spec, vs, tel)
             rounds = args.rounds or (3 if args.quick else 60)
@@ -125,7 +129,10 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
                   res.overhead("ours sampled-out").fmt(), check)
         summary.append({"op": spec.title, "ratio_bt": r_bt, "sampled_out": res.overhead("ours sampled-out").median,
                         "check": check})
-    return table, summary
+        if args.proposals:
+            proposals.add(spec.title, res.overhead("ours+bt").fmt(), res.overhead("proposed").fmt(),
+                          res.overhead("contrib").fmt(), _ratio(r_bt), _ratio(res.ratio("proposed", "contrib")))
+    return table, summary, (proposals if args.proposals else None)
 
 
 def run_policies(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> tuple[Table, dict[str, float]]:
@@ -218,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--otlp", action="store_true", help="real OTLP/gRPC exporters to a local sink")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    p.add_argument("--proposals", action="store_true",
+                   help="also time the proposed hot-path changes (benchmarks/proposals/) as a variant")
     p.add_argument("--clock", choices=harness.CLOCKS, default="cpu",
                    help="cpu: this process's CPU time (robust on a shared machine; the default); wall: elapsed time")
     p.add_argument("--block", choices=("median", "min"), default="min",
@@ -248,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             if any(load(k).needs_http for k in keys):
                 http = servers.Subprocess("http")
                 ctx.http_port = http.port
-            table, summary = run_ops(keys, args, tel, ctx)
+            table, summary, proposed = run_ops(keys, args, tel, ctx)
             tables.append(table)
+            if proposed is not None:
+                tables.append(proposed)
             for s in summary:
                 ok = s["ratio_bt"] is not None and s["ratio_bt"] <= TARGETS["ratio"]
                 verdicts.append(f"{'MET ' if ok else 'MISS'} {s['op']}: ours+bt/contrib {_ratio(s['ratio_bt'])} "
