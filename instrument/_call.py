@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -61,7 +62,9 @@ class ClientErrors:
     """How a client library fails, so that policies, faults and error.type look like the real thing.
 
     ``catch``: exception types users of the client already catch; rejections (CircuitOpen ...) and
-    injected faults on this client's calls also subclass the first one. ``connect``/``timeout``/``reset``
+    injected faults on this client's calls also subclass the first one. ``message`` gives an exception's
+    text with parameter values removed (a database's ``DETAIL: Key (id)=(...)``); it replaces ``str(exc)``
+    in the span status, the exception event and the log line. ``connect``/``timeout``/``reset``
     build the client's own exception for a message; ``status`` synthesizes a response with a status
     code and optional Retry-After seconds (HTTP only). ``is_failure`` decides which exceptions count
     against a breaker and are retried; ``describe`` adds attributes for an error (SQLSTATE ...).
@@ -75,6 +78,7 @@ class ClientErrors:
     is_failure: Callable[[BaseException], bool] = _any_exception
     is_timeout: Callable[[BaseException], bool] = _is_timeout
     describe: Callable[[BaseException], Mapping[str, Any] | None] | None = None
+    message: Callable[[BaseException], str] | None = None  # an exception's text without values or secrets
 
 
 DEFAULT_ERRORS = ClientErrors()
@@ -370,12 +374,18 @@ class Endpoint:
                 if error is not None:
                     span.set_attribute("error.type", error)
                     if exc is not None:
-                        describe = self.errors.describe
-                        extra = describe(exc) if describe is not None else None
+                        errors = self.errors
+                        extra = errors.describe(exc) if errors.describe is not None else None
                         if extra:
                             span.set_attributes(extra)
-                        span.record_exception(exc)
-                        span.set_status(Status(_ERROR, f"{type(exc).__name__}: {exc}"[:512]))
+                        if errors.message is None:
+                            span.record_exception(exc)
+                            text = str(exc)
+                        else:  # the exception's own text may hold secrets: record cleaned text only
+                            text = errors.message(exc)
+                            span.record_exception(exc, attributes={"exception.message": text,
+                                                                   "exception.stacktrace": _stack(exc, text)})
+                        span.set_status(Status(_ERROR, f"{type(exc).__name__}: {text}"[:512]))
                     else:
                         span.set_status(Status(_ERROR))
             span.end()
@@ -408,6 +418,14 @@ class Endpoint:
     @property
     def active_requests(self) -> int:
         return len(self._in_flight)
+
+
+def _stack(exc: BaseException, text: str) -> str:
+    """A stack trace whose last line is the cleaned message (frames' source lines scrubbed of URL secrets)."""
+    from instrument._http import scrub
+
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    return scrub(f"Traceback (most recent call last):\n{frames}{error_type(exc)}: {text}\n")
 
 
 def _activate(span: trace.Span) -> object:
@@ -465,13 +483,14 @@ def _log_call(ep: Endpoint, state: CallState, duration: float, status: int | Non
     if error is not None:
         fields["error_type"] = error
         if exc is not None:
-            fields["error"] = str(exc)[:300]
+            message = ep.errors.message
+            fields["error"] = (message(exc) if message is not None else str(exc))[:300]
         log.warning("call.failed", **fields)
     else:
         log.info("call.slow", **fields)
 
 
-_endpoints: dict[tuple[str, str, str, bool], Endpoint] = {}
+_endpoints: dict[tuple[str, str, str, bool, str], Endpoint] = {}
 _ENDPOINTS_MAX = 4096
 
 
@@ -479,14 +498,16 @@ def endpoint(kind: str, system: str, target: str, *, server_address: str | None 
              server_port: int | None = None, namespace: str | None = None,
              errors: ClientErrors = DEFAULT_ERRORS, status_of: Callable[[Any], int | None] | None = None,
              error_status: int = 400, apply_deadline: DeadlineHook | None = None,
-             attributes: Mapping[str, Any] | None = None, policies: bool = True) -> Endpoint:
+             attributes: Mapping[str, Any] | None = None, policies: bool = True, client: str = "") -> Endpoint:
     """The cached :class:`Endpoint` for ``(kind, system, target)``; built on first use.
 
     ``kind`` is ``http``, ``db`` or ``messaging``; ``target`` is the identity policies and faults
     match on, e.g. ``http://payments:8080``, ``postgresql://db:5432/orders``, ``rabbitmq://mq:5672``.
-    ``policies=False`` makes a telemetry-only endpoint (no policy or fault ever applies).
+    ``policies=False`` makes a telemetry-only endpoint (no policy or fault ever applies). ``client`` names
+    the library: an endpoint describes how *a library* fails (exception types, response objects, timeout
+    arguments), so two libraries calling the same target get two endpoints.
     """
-    key = (kind, system, target, policies)
+    key = (kind, system, target, policies, client)
     found = _endpoints.get(key)
     if found is not None:
         return found
@@ -504,6 +525,12 @@ def endpoint(kind: str, system: str, target: str, *, server_address: str | None 
         span_attrs["server.port"] = metric_attrs["server.port"] = server_port
     if attributes:
         span_attrs.update(attributes)
+    if kind == "http" and errors.message is None:
+        # HTTP clients put the request URL in their error text (urllib3's "Max retries exceeded with url:
+        # /x?token=..."): every exception message is scrubbed like url.full before it is recorded.
+        from instrument._http import scrub
+
+        errors = replace(errors, message=lambda exc: scrub(str(exc)))
     created = Endpoint(kind, system, target, server_address, server_port, namespace, errors, status_of,
                        error_status, apply_deadline, policies, span_attrs, metric_attrs)
     if len(_endpoints) >= _ENDPOINTS_MAX:

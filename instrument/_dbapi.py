@@ -95,6 +95,7 @@ def sql_errors(operational: type[BaseException], interface: type[BaseException] 
         is_failure=lambda exc: isinstance(exc, failures),
         is_timeout=lambda exc: isinstance(exc, timeouts),
         describe=_describe,
+        message=error_message,
     )
 
 

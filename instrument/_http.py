@@ -137,28 +137,11 @@ def origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
 
 def client_endpoint(client: str, target: str, host: str, port: int, *, errors: Any, status_of: Any,
                     apply_deadline: Any) -> Any:
-    """The :class:`~instrument._call.Endpoint` of one HTTP client library for one origin.
+    """The :class:`~instrument._call.Endpoint` of one HTTP client library for one origin (cached)."""
+    from instrument._call import endpoint
 
-    Endpoints describe how *a library* fails (exception types, response objects, timeout arguments),
-    so two libraries calling the same origin need two endpoints. ``_call.endpoint()`` caches by
-    ``(kind, system, target)`` only, so we keep ours under ``system="http/<client>"`` in its table
-    (listed by ``endpoints()``) while the endpoint itself still says ``system="http"`` (fault rules'
-    ``system=http`` keep matching). Callers cache the result per origin.
-    """
-    from instrument import _call
-
-    key = ("http", f"http/{client}", target)
-    found = _call._endpoints.get(key)  # noqa: SLF001 - see the docstring
-    if found is None:
-        attrs = {"server.address": host, "server.port": port}
-        found = _call.Endpoint("http", "http", target, server_address=host, server_port=port, errors=errors,
-                               status_of=status_of, apply_deadline=apply_deadline, span_attributes=dict(attrs),
-                               metric_attributes=dict(attrs))
-        table = _call._endpoints  # noqa: SLF001
-        if len(table) >= _call._ENDPOINTS_MAX:  # noqa: SLF001
-            table.pop(next(iter(table)))
-        table[key] = found
-    return found
+    return endpoint("http", "http", target, server_address=host, server_port=port, errors=errors,
+                    status_of=status_of, apply_deadline=apply_deadline, client=client)
 
 
 def request_attributes(url: str, headers: Any) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def on_event(event: PolicyEvent) -> None:
     target = {"instrument.policy.target": event.pipeline}
     state = _context.current.get()
     span_event = _SPAN_EVENT.get(event.name)
-    if state is not None and span_event is not None:
+    span = state.span if state is not None else _server_span()
+    if span is not None and span_event is not None:
         attrs: dict[str, Any] = {"instrument.policy": event.policy, "instrument.policy.target": event.pipeline}
         if event.attempt:
             attrs["instrument.retry.attempt"] = event.attempt
@@ -53,7 +54,7 @@ def on_event(event: PolicyEvent) -> None:
         kind = event.detail.get("kind")
         if kind:
             attrs["instrument.fault.kind"] = str(kind)
-        state.add_event(span_event, attrs)
+        span.add_event(span_event, attrs)
     counter = _COUNTER.get(event.name)
     if counter is not None:
         _instruments.get(counter).add(1, target)
@@ -66,6 +67,14 @@ def on_event(event: PolicyEvent) -> None:
         kind = str(event.detail.get("kind", "error"))
         _instruments.get("instrument.fault.injected").add(1, {**target, "instrument.fault.kind": kind})
         _log("fault.injected", event, state, "info")
+
+
+def _server_span() -> Any:
+    """Outside a client call (a server-side fault), the current span: the request's SERVER span."""
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    return span if span.is_recording() else None
 
 
 def _log(name: str, event: PolicyEvent, state: Any, level: str) -> None:
@@ -124,9 +133,12 @@ def observe_active_requests(_options: Any) -> Any:
 
     from instrument._call import endpoints
 
-    return [Observation(ep.active_requests, {"server.address": ep.server_address or "",
-                                             "server.port": ep.server_port or 0})
-            for ep in endpoints() if ep.kind == "http"]
+    totals: dict[tuple[str, int], int] = {}  # one origin may have an endpoint per client library
+    for ep in endpoints():
+        if ep.kind == "http":
+            key = (ep.server_address or "", ep.server_port or 0)
+            totals[key] = totals.get(key, 0) + ep.active_requests
+    return [Observation(n, {"server.address": a, "server.port": p}) for (a, p), n in totals.items()]
 
 
 _installed = False

@@ -134,6 +134,7 @@ class Settings:
     capture_response_headers: tuple[str, ...] = ()
     excluded_urls: tuple[str, ...] = ()
     capture_sql_parameters: bool = False
+    db_pool: str = ""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # variable -> "env" | "default"
 
     @classmethod
@@ -197,6 +198,7 @@ class Settings:
             capture_response_headers=tuple(h.lower() for h in _csv(env, "INSTRUMENT_CAPTURE_RESPONSE_HEADERS")),
             excluded_urls=_patterns(env, "INSTRUMENT_EXCLUDED_URLS"),
             capture_sql_parameters=_flag(env, "INSTRUMENT_CAPTURE_SQL_PARAMETERS", False),
+            db_pool=env.get("INSTRUMENT_DB_POOL", ""),
             sources={v.name: ("env" if env.get(v.name, "").strip() else "default") for v in VARIABLES},
         )
         _validate_subsystems(settings)
@@ -268,6 +270,7 @@ def _check_url(name: str, value: str) -> None:
 VALIDATORS: list[str] = [
     "instrument.policies:validate_settings",
     "instrument.faults:validate_settings",
+    "instrument.pool:validate_settings",
 ]
 
 
@@ -328,6 +331,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Response headers recorded on HTTP spans (sensitive ones stay redacted)."),
     Variable("INSTRUMENT_EXCLUDED_URLS", "", "comma-separated regular expressions",
              "HTTP URLs matching any pattern are not instrumented."),
+    Variable("INSTRUMENT_DB_POOL", "", "driver(option=value,...);driver",
+             "Pool connect() of the named drivers (psycopg2, pymysql) with instrument.pool (see Databases)."),
     Variable("INSTRUMENT_CAPTURE_SQL_PARAMETERS", "false", "true/false",
              "Record SQL parameter values (db.query.parameter.*). Off by default: they may hold secrets."),
 )

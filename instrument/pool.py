@@ -569,15 +569,11 @@ def parse_config(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def configured(driver: str, env: Any = None) -> dict[str, Any] | None:
+def configured(driver: str) -> dict[str, Any] | None:
     """Pool options for ``driver`` when INSTRUMENT_DB_POOL selects it, else None."""
-    import os
-
     from instrument import _settings
 
-    text = getattr(_settings.active(), "db_pool", None)
-    if text is None:  # until Settings carries it, read the environment directly
-        text = (os.environ if env is None else env).get(VARIABLE, "")
+    text = _settings.active().db_pool
     if not text:
         return None
     return parse_config(text).get(driver)
@@ -585,7 +581,4 @@ def configured(driver: str, env: Any = None) -> dict[str, Any] | None:
 
 def validate_settings(settings: Any) -> None:
     """Check INSTRUMENT_DB_POOL at init (for ``instrument._settings.VALIDATORS``); raises ConfigError."""
-    import os
-
-    text = getattr(settings, "db_pool", None)
-    parse_config(os.environ.get(VARIABLE, "") if text is None else text)
+    parse_config(settings.db_pool)

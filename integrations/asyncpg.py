@@ -19,7 +19,7 @@ from asyncpg import exceptions as aex
 
 from instrument._call import ClientErrors, Endpoint, endpoint
 from instrument._context import remaining
-from instrument._dbapi import _describe, aexecute
+from instrument._dbapi import _describe, aexecute, error_message
 from instrument.patching import Target, apply, revert
 
 CONNECTION_METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany")
@@ -51,6 +51,7 @@ ERRORS = ClientErrors(
                                             OSError, TimeoutError)),
     is_timeout=lambda exc: isinstance(exc, (TimeoutError, aex.QueryCanceledError)),
     describe=_describe,
+    message=error_message,
 )
 
 _endpoints: weakref.WeakKeyDictionary[Any, Endpoint] = weakref.WeakKeyDictionary()

@@ -15,7 +15,7 @@ import requests
 from requests import exceptions as rex
 
 from instrument import _http, _settings
-from instrument._call import ClientErrors, Endpoint, endpoint
+from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
 TARGETS = (Target("requests.sessions", "Session.send"),)
@@ -65,8 +65,8 @@ _by_origin: dict[str, tuple[Endpoint, str]] = {}
 def _endpoint_for(url: str) -> Endpoint:
     scheme, host, port = _http.host_port(url)
     origin = f"{scheme}://{host}:{port}"
-    return endpoint("http", "http", origin, server_address=host, server_port=port, errors=ERRORS,
-                    status_of=_status, apply_deadline=_with_deadline)
+    return _http.client_endpoint("requests", origin, host, port, errors=ERRORS, status_of=_status,
+                                 apply_deadline=_with_deadline)
 
 
 def _origin_of(url: str) -> str:

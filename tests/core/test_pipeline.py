@@ -183,6 +183,9 @@ def test_stdlib_logs_get_trace_ids_and_secrets_redacted(capsys):
     from instrument import _logging
     from instrument._settings import Settings
 
+    import structlog
+
+    structlog.reset_defaults()  # another test may have configured structlog: start from scratch
     _logging._configured = False
     _logging.configure_logging(Settings.from_env({"INSTRUMENT_LOG_FORMAT": "json", "OTEL_LOGS_EXPORTER": "none"}))
     try:
@@ -198,6 +201,7 @@ def test_stdlib_logs_get_trace_ids_and_secrets_redacted(capsys):
         for handler in [h for h in root.handlers if h.get_name() == "instrument"]:
             root.removeHandler(handler)
         _logging._configured = False
+        structlog.reset_defaults()
     records = [json.loads(line) for line in err if line.startswith("{")]
     trace_id = format(span.get_span_context().trace_id, "032x")
     charging = next(r for r in records if r["event"] == "charging")

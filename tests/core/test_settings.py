@@ -115,6 +115,7 @@ BAD = [
     ("INSTRUMENT_SHUTDOWN_TIMEOUT", "nan"),
     ("INSTRUMENT_EXCLUDED_URLS", "(unclosed"),
     ("INSTRUMENT_CAPTURE_SQL_PARAMETERS", "sometimes"),
+    ("INSTRUMENT_DB_POOL", "psycopg2(size=1)"),
     ("INSTRUMENT_FAULTS_SEED", "abc"),
     ("INSTRUMENT_FAULTS_HEADER_ENABLED", "enabled"),
     ("INSTRUMENT_POLICIES", "this is not a rule"),

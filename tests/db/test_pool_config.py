@@ -20,10 +20,10 @@ def test_parse_config() -> None:
         parse_config("psycopg2(max_size=x)")
 
 
-def test_psycopg2_pooled_by_configuration(tel, patched, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_psycopg2_pooled_by_configuration(tel, patched, settings_env) -> None:  # type: ignore[no-untyped-def]
     need("postgresql")
     psycopg2 = pytest.importorskip("psycopg2")
-    monkeypatch.setenv("INSTRUMENT_DB_POOL", "psycopg2(max_size=2,acquire_timeout=0.05)")
+    settings_env({"INSTRUMENT_DB_POOL": "psycopg2(max_size=2,acquire_timeout=0.05)"})
     patched("psycopg2")
     first = psycopg2.connect(**PG)
     pid = first.get_backend_pid()
@@ -44,10 +44,10 @@ def test_psycopg2_pooled_by_configuration(tel, patched, monkeypatch) -> None:  #
     assert tel.span("SELECT test")
 
 
-def test_pymysql_pooled_by_configuration(tel, patched, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_pymysql_pooled_by_configuration(tel, patched, settings_env) -> None:  # type: ignore[no-untyped-def]
     need("mariadb")
     pymysql = pytest.importorskip("pymysql")
-    monkeypatch.setenv("INSTRUMENT_DB_POOL", "pymysql(max_size=1)")
+    settings_env({"INSTRUMENT_DB_POOL": "pymysql(max_size=1)"})
     patched("pymysql")
     with pymysql.connect(**MYSQL) as conn:  # PyMySQL's `with` closes: here it gives back
         thread = conn.thread_id()

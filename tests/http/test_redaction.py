@@ -107,12 +107,9 @@ def test_no_secret_in_any_signal(tel, server, client, path):  # type: ignore[no-
     assert _leaks(tel, logs) == []
 
 
-def test_no_secret_when_the_connection_fails(tel, closed_port, client, request):  # type: ignore[no-untyped-def]
-    if client in ("requests", "urllib3"):
-        # urllib3's MaxRetryError/NewConnectionError messages carry the request path and query; the
-        # span status, exception event and call.failed log line copy the message. Needs the core to
-        # pass error text through instrument._http.scrub (asked of the lead, see docs/readme-http.md).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="core must scrub exception text"))
+def test_no_secret_when_the_connection_fails(tel, closed_port, client):  # type: ignore[no-untyped-def]
+    # urllib3's MaxRetryError/NewConnectionError messages carry the request path and query; the span
+    # status, exception event and call.failed log line get them scrubbed like url.full.
     with structlog.testing.capture_logs() as logs:
         _sync(client, f"http://127.0.0.1:{closed_port}/x?{QUERY}")
     assert len(tel.spans()) == 1 and tel.spans()[0].attributes.get("error.type")
