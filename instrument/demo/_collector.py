@@ -140,7 +140,11 @@ class Forwarder:
                 self.sent += 1
             except Exception as exc:  # noqa: BLE001 - the user's collector being down is reported, not fatal
                 self.failed += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+                if callable(code) and callable(details):  # a grpc.RpcError: its status, not its repr
+                    self.last_error = f"{getattr(code(), 'name', code())}: {details()}"[:200]
+                else:
+                    self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             finally:
                 self._queue.task_done()
 
