@@ -119,6 +119,9 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
             calls = args.calls or (10 if args.quick else spec.calls)
             res = harness.run(spec.title, vs, rounds=rounds, calls=calls, clock=args.clock, loop=ctx.loop,
                               progress=_log)
+            after = _self_check(spec, vs, tel)  # toggling must still work after all the rounds
+            if after != check:
+                check = f"{check}; after rounds: {after}"
         except Exception as exc:  # noqa: BLE001 - one broken op must not lose the others
             table.notes.append(f"{spec.title}: failed: {type(exc).__name__}: {exc}")
             _log(f"{spec.title} failed: {exc!r}")

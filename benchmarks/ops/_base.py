@@ -15,6 +15,7 @@ class Ctx:
     http_port: int = 0
     loop: Any = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def on_close(self, fn: Callable[[], Any]) -> None:
         self.closers.append(fn)
@@ -32,7 +33,7 @@ class OpSpec:
     needs_http: bool = False
     is_async: bool = False
     calls: int = 20               # per block in the full mode (rounds x calls x 6 variants in all)
-    contrib_kwargs: dict[str, Any] = field(default_factory=dict)
+    contrib_kwargs: dict[str, Any] | Callable[[Ctx], dict[str, Any]] = field(default_factory=dict)
     # extra run-time emulation of a proposed change for this client (returns its undo); see proposals/
     proposal: Callable[[], Callable[[], Any]] | None = None
 
@@ -87,8 +88,8 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any, proposals: bool = False) -> list[
     instrumentor = spec.contrib()
 
     def contrib_on() -> None:
-        instrumentor.instrument(tracer_provider=tel.tracer_provider, meter_provider=tel.meter_provider,
-                                **spec.contrib_kwargs)
+        kwargs = spec.contrib_kwargs(ctx) if callable(spec.contrib_kwargs) else spec.contrib_kwargs
+        instrumentor.instrument(tracer_provider=tel.tracer_provider, meter_provider=tel.meter_provider, **kwargs)
 
     def contrib_off() -> None:
         instrumentor.uninstrument()

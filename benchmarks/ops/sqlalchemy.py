@@ -20,8 +20,13 @@ def _contrib():
 
 def _make(ctx: Ctx):
     import sqlalchemy
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     engine = sqlalchemy.create_engine(URL, pool_size=1)  # made while its variant is active
+    if SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry:
+        # contrib attaches listeners per engine and removes them all on uninstrument(): re-attach on every
+        # activation by passing this engine (see _contrib_kwargs)
+        ctx.extra["sqlalchemy.contrib_engine"] = engine
     conn = engine.connect()
     ctx.on_close(lambda: (conn.close(), engine.dispose()))
     stmt = sqlalchemy.text("SELECT 1")
@@ -29,5 +34,10 @@ def _make(ctx: Ctx):
     return lambda: execute(stmt)
 
 
+def _contrib_kwargs(ctx: Ctx) -> dict:
+    engine = ctx.extra.get("sqlalchemy.contrib_engine")
+    return {"skip_dep_check": True, **({"engine": engine} if engine is not None else {})}
+
+
 SPEC = OpSpec("sqlalchemy", "SQLAlchemy SELECT 1", ("psycopg", "sqlalchemy"), _contrib, _make, "postgresql://*",
-              service=("127.0.0.1", 5432), contrib_kwargs={"skip_dep_check": True})
+              service=("127.0.0.1", 5432), contrib_kwargs=_contrib_kwargs)
