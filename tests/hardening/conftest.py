@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +23,11 @@ class Upstream(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.connections = 0
         self.lock = threading.Lock()
+        self.paths: dict[str, int] = {}
+
+    def hits(self, path: str) -> int:
+        with self.lock:
+            return self.paths.get(path, 0)
 
     def get_request(self):  # type: ignore[no-untyped-def]
         with self.lock:
@@ -41,6 +47,10 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body_in = self.rfile.read(length) if length else b""
         path = self.path
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.paths[path] = self.server.paths.get(path, 0) + 1  # type: ignore[attr-defined]
+        if path.startswith("/slow"):
+            time.sleep(1.0)
         if path.startswith("/redirect/"):
             n = int(path.split("/")[2])
             self.send_response(302)
@@ -90,10 +100,15 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def upstream() -> Iterator[Upstream]:
+def start_upstream() -> Upstream:
     server = Upstream()
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = start_upstream()
     yield server
     server.shutdown()
     server.server_close()
