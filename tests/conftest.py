@@ -77,11 +77,14 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60.0,
-               args: list[str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` in a fresh interpreter (so the toolkit initialises from ``env``), capturing output."""
+               argv: list[str] | None = None, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (so the toolkit initialises from ``env``), capturing output.
+
+    ``argv`` becomes ``sys.argv[1:]``. OTEL_* and INSTRUMENT_* variables of the test run are not inherited.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
     full_env.update(env or {})
-    command = [sys.executable, *(args or []), "-c", code] if args is None or "-c" not in args else [sys.executable, *args]
+    command = [sys.executable, "-c", code, *(argv or [])]
     return subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
