@@ -255,7 +255,12 @@ def redis_scenario(port: int) -> dict[str, Any]:
             return p.execute()
 
     out["watch"] = _record(watch)
-    out["refused"] = _record(lambda: redis.Redis(port=1, socket_connect_timeout=1).ping())
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from tests.conftest import free_port
+
+    out["refused"] = _record(lambda: redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 1)).ping())
     r.delete(*[prefix + k for k in ("a", "b", "l", "h", "n")])
     return out
 
