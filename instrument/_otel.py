@@ -126,6 +126,9 @@ def _is_default(provider: Any, proxy_type_names: tuple[str, ...]) -> bool:
 def setup(settings: Settings) -> Providers:
     """Install providers from ``settings`` unless the application installed its own."""
     providers = Providers()
+    from instrument import _gevent
+
+    _gevent.check()  # gevent must be patched before us: warn (once) if it was not, or is patched later
     _setup_propagators(settings)
     if settings.sdk_disabled:
         return providers
