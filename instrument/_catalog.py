@@ -87,6 +87,8 @@ METRICS: tuple[Metric, ...] = (
            ("instrument.policy.target",)),
     Metric("instrument.fault.injected", "counter", "{fault}", "Faults injected by the toolkit.",
            ("instrument.policy.target", "instrument.fault.kind")),
+    Metric("instrument.telemetry.dropped", "counter", "{item}",
+           "Telemetry items the toolkit's exporters dropped (queue full or export failed).", ("signal", "reason")),
     Metric("instrument.messaging.duplicates", "counter", "{message}",
            "Messages dropped by the idempotent-consumer helper as already processed.",
            ("messaging.system", "messaging.destination.name")),

@@ -129,14 +129,9 @@ def observe() -> None:
     _observed[0] = True
     from opentelemetry.metrics import Observation
 
-    from instrument import _catalog, _instruments
+    from instrument import _instruments
 
     def callback(_options: Any) -> list[Any]:
         return [Observation(n, {"signal": s, "reason": r}) for (s, r), n in dropped().items()]
 
-    if METRIC in _catalog.BY_NAME:
-        _instruments.observe(METRIC, callback)
-    else:  # until the catalog lists it
-        _instruments.meter().create_observable_counter(
-            METRIC, callbacks=[callback], unit="{item}",
-            description="Telemetry items dropped by the toolkit's exporters (queue full or export failed).")
+    _instruments.observe(METRIC, callback)

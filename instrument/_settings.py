@@ -69,14 +69,21 @@ def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _pairs(env: Mapping[str, str], name: str) -> dict[str, str]:
-    """W3C-baggage-like ``key=value,key2=value2`` (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS)."""
+def _pairs(env: Mapping[str, str], name: str, *, secret: bool = False) -> dict[str, str]:
+    """W3C-baggage-like ``key=value,key2=value2`` (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS).
+
+    ``secret``: the values are credentials (export headers): an error shows the keys, never a value.
+    """
     from urllib.parse import unquote
 
     out: dict[str, str] = {}
-    for part in _csv(env, name):
+    for i, part in enumerate(_csv(env, name), 1):
         key, sep, value = part.partition("=")
         if not sep or not key.strip():
+            if secret:
+                shown = ",".join(p.partition("=")[0] + "=REDACTED" if "=" in p else "REDACTED" for p in _csv(env, name))
+                raise ConfigError(name, shown, "comma-separated key=value pairs",
+                                  detail=f"pair {i} has no '=' or no key")
             raise ConfigError(name, env.get(name), "comma-separated key=value pairs", detail=f"bad pair {part!r}")
         out[unquote(key.strip())] = unquote(value.strip())
     return out
@@ -244,7 +251,8 @@ def _exporter(env: Mapping[str, str], signal: str, kind_var: str) -> Exporter:
             endpoint = base.rstrip("/") + f"/v1/{signal}" if protocol == "http/protobuf" else base
     else:
         _check_url(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT", endpoint)
-    headers = {**_pairs(env, "OTEL_EXPORTER_OTLP_HEADERS"), **_pairs(env, f"OTEL_EXPORTER_OTLP_{upper}_HEADERS")}
+    headers = {**_pairs(env, "OTEL_EXPORTER_OTLP_HEADERS", secret=True),
+               **_pairs(env, f"OTEL_EXPORTER_OTLP_{upper}_HEADERS", secret=True)}
     timeout_var = f"OTEL_EXPORTER_OTLP_{upper}_TIMEOUT"
     if not env.get(timeout_var, "").strip():
         timeout_var = "OTEL_EXPORTER_OTLP_TIMEOUT"

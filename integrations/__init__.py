@@ -44,6 +44,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "flask": ("flask", "instrument.integrations.flask"),
     "django": ("django.core.handlers.wsgi", "instrument.integrations.django"),
     "starlette": ("starlette.applications", "instrument.integrations.starlette"),
+    "threading": ("concurrent.futures.thread", "instrument.integrations.threading"),
 }
 
 _log = logging.getLogger("instrument")

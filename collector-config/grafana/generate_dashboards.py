@@ -237,6 +237,10 @@ def overview() -> dict[str, Any]:
                      "instrument.rate_limit.rejected")), "ops", [0.001, 1]), w=8, h=5)
     lay.add(stat("Injected faults / s", "Faults injected by INSTRUMENT_FAULTS (0 in production).",
                  rate(m("instrument.fault.injected"), SVC), "ops", [0.001, 1]), w=8, h=5)
+    lay.add(ts("Telemetry dropped", "Spans, metric batches and log records the toolkit's exporters dropped "
+               "(queue full or collector unreachable); 0 while the collector keeps up.",
+               [target(rate(m("instrument.telemetry.dropped"), SVC, "signal, reason"), "{{signal}} {{reason}}")],
+               "ops"))
     return dashboard("instrument-overview", "instrument / Service overview",
                      "Inbound RED for one service, and a summary of what it calls.", lay, [SERVICE_VAR])
 

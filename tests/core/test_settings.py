@@ -94,7 +94,7 @@ BAD = [
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
     ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://host:notaport"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-    ("OTEL_EXPORTER_OTLP_HEADERS", "=x"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=S3CRET,broken"),
     ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
     ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x"),
     ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "udp"),
@@ -130,7 +130,11 @@ def test_bad_value_names_variable_value_and_accepted(variable, value):
         Settings.from_env({variable: value})
     message = str(info.value)
     assert info.value.variable == variable, message
-    assert variable in message and repr(value) in message and "accepted" in message
+    assert variable in message and "accepted" in message
+    if variable.endswith("_HEADERS"):  # credentials: the keys are shown, never a value
+        assert "S3CRET" not in message and "api-key=REDACTED" in message
+    else:
+        assert repr(value) in message
     assert "\n" not in message
 
 

@@ -166,7 +166,7 @@ VALUES = {
     "db.operation.name": "SELECT", "db.client.connection.pool.name": "orders-pool",
     "db.client.connection.state": "used", "messaging.system": "rabbitmq", "messaging.operation.name": "publish",
     "messaging.destination.name": "orders", "instrument.policy.target": "http://payments.internal:443",
-    "outcome": "retried", "instrument.fault.kind": "error", "state": "open",
+    "outcome": "retried", "instrument.fault.kind": "error", "state": "open", "signal": "traces", "reason": "queue_full",
 }
 
 
