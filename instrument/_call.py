@@ -130,21 +130,26 @@ class Op:
         self.idempotent = idempotent
         self.span_attributes = span_attributes
         self.metric_base = metric_base
-        self._metric_attrs: dict[tuple[int | None, str | None], dict[str, Any]] = {}
+        self._metric_attrs: dict[tuple[int | None, str | None], tuple[dict[str, Any], Any]] = {}
 
     def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
         """The (cached, shared, never mutated) metric attributes for one outcome."""
+        return self.outcome(status, error)[0]
+
+    def outcome(self, status: int | None, error: str | None) -> tuple[dict[str, Any], Any]:
+        """Metric attributes for one outcome and the duration histogram bound to them (both cached)."""
         key = (status, error)
-        attrs = self._metric_attrs.get(key)
-        if attrs is None:
+        found = self._metric_attrs.get(key)
+        if found is None:
             attrs = dict(self.metric_base)
             if status is not None:
                 attrs["http.response.status_code"] = status
             if error is not None:
                 attrs["error.type"] = error
+            found = (attrs, self.histogram.bind(attrs))
             if len(self._metric_attrs) < 64:
-                self._metric_attrs[key] = attrs
-        return attrs
+                self._metric_attrs[key] = found
+        return found
 
 
 class CallState:
@@ -389,8 +394,8 @@ class Endpoint:
                     else:
                         span.set_status(Status(_ERROR))
             span.end()
-            attrs = op.metric_attributes(status, error)
-            op.histogram.record(duration, attrs)
+            attrs, histogram = op.outcome(status, error)
+            histogram.record(duration, span.get_span_context())  # a sampled span becomes the exemplar
             if op.counter is not None:
                 op.counter.add(state.count, attrs)
             if error is not None or duration >= _slow_threshold[0]:

@@ -28,12 +28,19 @@ def meter() -> metrics.Meter:
 
 @functools.cache
 def get(name: str) -> Any:
-    """The instrument for catalog metric ``name`` (histograms carry the advisory bucket boundaries)."""
+    """The instrument for catalog metric ``name`` (histograms carry the advisory bucket boundaries).
+
+    Histograms are aggregated in place (:mod:`instrument._histograms`) when the toolkit's own reader
+    exports them; both kinds offer ``record(value, attributes)`` and ``bind(attributes).record(value)``.
+    """
     spec = BY_NAME[name]
     m = meter()
     if spec.instrument == "histogram":
-        return m.create_histogram(spec.name, unit=spec.unit, description=spec.description,
-                                  explicit_bucket_boundaries_advisory=list(spec.buckets or ()))
+        from instrument import _histograms
+
+        return _histograms.histogram(spec, lambda: m.create_histogram(
+            spec.name, unit=spec.unit, description=spec.description,
+            explicit_bucket_boundaries_advisory=list(spec.buckets or ())))
     if spec.instrument == "counter":
         return m.create_counter(spec.name, unit=spec.unit, description=spec.description)
     if spec.instrument == "updowncounter":

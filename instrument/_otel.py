@@ -156,9 +156,15 @@ def setup(settings: Settings) -> Providers:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+        from instrument import _histograms
+
+        class _Reader(_histograms.MergingReader, PeriodicExportingMetricReader):
+            """The periodic reader, exporting the toolkit's in-place histograms with the SDK's metrics."""
+
         readers = []
         if settings.metrics.kind != "none":
-            readers.append(PeriodicExportingMetricReader(
+            _histograms.enable(resource)
+            readers.append(_Reader(
                 _export.CountingExporter(_metric_exporter(settings.metrics), "metrics"),
                 export_interval_millis=settings.metric_export_interval * 1000,
                 export_timeout_millis=settings.metrics.timeout * 1000))

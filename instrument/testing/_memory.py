@@ -36,11 +36,18 @@ def _install() -> dict[str, Any]:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+        from instrument import _histograms, _instruments
+
+        class _Reader(_histograms.MergingReader, InMemoryMetricReader):
+            """In-memory, with the toolkit's in-place histograms, exactly as the OTLP reader exports them."""
+
         resource = Resource({"service.name": "test"})
         spans = InMemorySpanExporter()
         tp = TracerProvider(resource=resource, shutdown_on_exit=False)
         tp.add_span_processor(SimpleSpanProcessor(spans))
-        reader = InMemoryMetricReader()
+        reader = _Reader()
+        _histograms.enable(resource)
+        _instruments.reset()  # instruments made before now would bypass the in-place histograms
         mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
         logs = InMemoryLogRecordExporter()
         lp = LoggerProvider(resource=resource, shutdown_on_exit=False)

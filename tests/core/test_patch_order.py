@@ -50,10 +50,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def _library_installed(name: str) -> bool:
+    import sys
     from importlib.util import find_spec
 
+    top = REGISTRY[name][0].split(".")[0]
+    if top in sys.modules:
+        return True
     try:
-        return find_spec(REGISTRY[name][0].split(".")[0]) is not None
+        return find_spec(top) is not None
     except (ImportError, ValueError):
         return False
 
