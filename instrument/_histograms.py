@@ -22,7 +22,7 @@ from typing import Any
 
 from instrument._catalog import Metric
 
-__all__ = ["Bound", "FastHistogram", "MergingReader", "enable", "enabled", "histogram"]
+__all__ = ["Bound", "FastHistogram", "MergingReader", "enable", "enabled", "forget_recorded", "histogram"]
 
 _lock = threading.Lock()
 _histograms: dict[str, FastHistogram] = {}
@@ -141,10 +141,17 @@ def histogram(spec: Metric, make_sdk: Any) -> Any:
         return found
 
 
-def reset() -> None:
-    """Forget every aggregate (tests; a forked child starts from zero)."""
+def forget_recorded() -> None:
+    """Zero every aggregate in place (a forked child reports only its own calls; bound objects stay valid)."""
     with _lock:
-        _histograms.clear()
+        histograms = list(_histograms.values())
+    for hist in histograms:
+        for bound in hist.bounds_list():
+            bound._lock = threading.Lock()  # the parent's lock may have been held at fork
+            bound.counts = [0] * len(bound.counts)
+            bound.exemplars = [None] * len(bound.exemplars)
+            bound.count, bound.sum = 0, 0.0
+            bound.min, bound.max = float("inf"), float("-inf")
     _state["start"] = time_ns()
 
 
