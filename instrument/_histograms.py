@@ -146,8 +146,9 @@ def forget_recorded() -> None:
     with _lock:
         histograms = list(_histograms.values())
     for hist in histograms:
+        hist._lock = threading.Lock()  # the parent's locks may have been held at fork
         for bound in hist.bounds_list():
-            bound._lock = threading.Lock()  # the parent's lock may have been held at fork
+            bound._lock = threading.Lock()
             bound.counts = [0] * len(bound.counts)
             bound.exemplars = [None] * len(bound.exemplars)
             bound.count, bound.sum = 0, 0.0
