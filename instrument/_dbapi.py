@@ -12,7 +12,13 @@
   interrupted from Python, so a statement that runs under a deadline is armed on one shared watchdog
   thread, which asks the *server* to cancel it when the deadline passes (PostgreSQL's cancel request,
   the same mechanism ``statement_timeout`` uses, raising the driver's own ``QueryCanceled``/57014;
-  ``KILL QUERY`` on MySQL/MariaDB; ``interrupt()`` on sqlite). Without a deadline nothing is armed.
+  ``KILL QUERY`` on MySQL/MariaDB; ``interrupt()`` on sqlite). The request runs on a thread of its own:
+  when the server is unreachable (a partition, a blackholed connection) it goes through the same dead
+  path and never completes. So a driver that gives an ``abort`` (shut the connection's socket down) is
+  aborted when the cancel request has not completed within :data:`CANCEL_GRACE` of the deadline, or the
+  statement still runs :data:`CANCEL_LATE` after it: the blocked call then fails at once, the connection
+  is broken (a pool discards it) and the driver's error becomes its timeout error (``QueryCanceled``,
+  OperationalError 1317), raised from it. Without a deadline nothing is armed.
 - :class:`CursorProxy`: a ``wrapt.ObjectProxy`` for drivers whose cursors are C types (psycopg2, sqlite3),
   with its state in ``_self_*`` attributes (OpenTelemetry dbapi style).
 """
@@ -21,6 +27,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +40,11 @@ from instrument import _context, _settings
 from instrument._call import ClientErrors, Endpoint
 from instrument._sql import describe
 
-__all__ = ["CursorProxy", "aexecute", "error_message", "execute", "sql_errors", "watchdog"]
+__all__ = ["CANCEL_GRACE", "CANCEL_LATE", "CursorProxy", "aexecute", "error_message", "execute", "shutdown_fd",
+           "sql_errors", "watchdog"]
+
+CANCEL_GRACE = 0.2  # s after the deadline: a cancel request still not completed -> abort the connection
+CANCEL_LATE = 1.0  # s after the deadline: the statement still runs although the cancel completed -> abort
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -142,25 +154,40 @@ def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
 
 
 def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
-    """Innermost step: arm the server-side cancel when the call runs under a deadline."""
+             kwargs: dict[str, Any], abort: Canceller | None = None) -> Any:
+    """Innermost step: arm the server-side cancel (and the abort) when the call runs under a deadline."""
     left = _context.remaining() if cancel is not None else None
     if left is None:
         return fn(*args, **kwargs)
-    handle = watchdog.arm(left, cancel, target)  # type: ignore[arg-type]
+    handle = watchdog.arm(left, cancel, target, abort)  # type: ignore[arg-type]
     try:
         return fn(*args, **kwargs)
+    except Exception as exc:
+        if watchdog.disarm(handle):
+            _raise_timeout(exc)
+        raise
     finally:
-        watchdog.disarm(handle)
+        watchdog.disarm(handle)  # a no-op when already disarmed
+
+
+def _raise_timeout(exc: Exception) -> None:
+    """The watchdog shut the connection down: the driver's error is the client's own timeout error."""
+    state = _context.current.get()
+    errors = state.op.endpoint.errors if state is not None else None
+    if errors is None or errors.is_timeout(exc) or not isinstance(exc, errors.catch):
+        return  # already a timeout (the cancel won the race), or not the driver's error: unchanged
+    raise errors.timeout("statement timeout: the server did not answer the cancel request, "
+                         "the connection was closed at the deadline") from exc
 
 
 def execute(ep: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], query: Any,
-            params: Any, *, cancel: Canceller | None = None, target: Any = None, batch: int | None = None) -> Any:
+            params: Any, *, cancel: Canceller | None = None, target: Any = None, batch: int | None = None,
+            abort: Canceller | None = None) -> Any:
     """Run one sync statement ``fn(*args, **kwargs)`` as a span on ``ep``."""
     if _context.suppressed.get():
         return fn(*args, **kwargs)
     op, attributes = prepare(ep, query, params, batch=batch)
-    return ep.call(op, _guarded, (fn, cancel, target, args, kwargs), {}, attributes=attributes)
+    return ep.call(op, _guarded, (fn, cancel, target, args, kwargs, abort), {}, attributes=attributes)
 
 
 async def aexecute(ep: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -182,35 +209,56 @@ def batch_size(seq: Any) -> tuple[Any, int | None]:
 # -- server-side cancel at the deadline ---------------------------------------------------------------
 
 
+class _Armed:
+    """One statement under a deadline, while it runs."""
+
+    __slots__ = ("abort", "aborted", "cancel", "cancelled", "target")
+
+    def __init__(self, cancel: Canceller, target: Any, abort: Canceller | None) -> None:
+        self.cancel = cancel
+        self.target = target
+        self.abort = abort
+        self.cancelled = threading.Event()  # the cancel request completed (successfully or not)
+        self.aborted = False
+
+
 class _Watchdog:
-    """One daemon thread that cancels statements whose deadline passed (a heap of deadlines)."""
+    """One daemon thread that cancels (then aborts) statements whose deadline passed (a heap of due times).
+
+    At the deadline the cancel request is started on a short-lived thread (it may hang on a dead network);
+    at ``CANCEL_GRACE`` after it, a statement whose cancel has not completed is aborted; at ``CANCEL_LATE``,
+    one that still runs. The abort runs under the lock that :meth:`disarm` takes, so it never touches a
+    connection whose statement has returned (its socket may since have been closed and its fd reused).
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Canceller, Any]] = []
-        self._live: set[int] = set()
+        self._heap: list[tuple[float, int, int, str]] = []  # (due, seq, handle, "cancel" | "grace" | "late")
+        self._armed: dict[int, _Armed] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def arm(self, seconds: float, cancel: Canceller, target: Any) -> int:
+    def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
         handle = next(self._ids)
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, handle, cancel, target))
-            self._live.add(handle)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, handle, handle, "cancel"))
+            self._armed[handle] = _Armed(cancel, target, abort)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
                 self._thread.start()
             self._cond.notify()
         return handle
 
-    def disarm(self, handle: int) -> None:
+    def disarm(self, handle: int) -> bool:
+        """Forget a finished statement; True when the watchdog aborted its connection."""
         with self._cond:
-            self._live.discard(handle)
+            armed = self._armed.pop(handle, None)
+        return armed is not None and armed.aborted
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._heap and self._heap[0][1] not in self._live:
+                while self._heap and self._heap[0][2] not in self._armed:
                     heapq.heappop(self._heap)
                 if not self._heap:
                     self._cond.wait(30.0)
@@ -218,17 +266,47 @@ class _Watchdog:
                         self._thread = None
                         return
                     continue
-                at, handle, cancel, target = self._heap[0]
+                at, _, handle, step = self._heap[0]
                 wait = at - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-                self._live.discard(handle)
-            try:
-                cancel(target)
-            except Exception:  # noqa: BLE001,S110 - cancelling is best effort (the connection may be gone)
-                pass
+                armed = self._armed[handle]
+                if step == "cancel":
+                    if armed.abort is not None:
+                        heapq.heappush(self._heap, (at + CANCEL_GRACE, next(self._ids), handle, "grace"))
+                elif step == "grace" and armed.cancelled.is_set():
+                    heapq.heappush(self._heap, (at - CANCEL_GRACE + CANCEL_LATE, next(self._ids), handle, "late"))
+                else:  # the cancel did not complete in time, or the statement outlived it: shut the socket
+                    armed.aborted = True
+                    try:
+                        armed.abort(armed.target)  # type: ignore[misc]
+                    except Exception:  # noqa: BLE001,S110 - best effort (the connection may be gone)
+                        pass
+                    continue
+            if step == "cancel":
+                threading.Thread(target=_request_cancel, args=(armed,), name="instrument-sql-cancel",
+                                 daemon=True).start()
+
+
+def _request_cancel(armed: _Armed) -> None:
+    try:
+        armed.cancel(armed.target)
+    except Exception:  # noqa: BLE001,S110 - cancelling is best effort (the connection may be gone)
+        pass
+    finally:
+        armed.cancelled.set()
+
+
+def shutdown_fd(fd: int) -> None:
+    """Shut down (both ways) the socket behind a driver's file descriptor, without closing the driver's fd:
+    a call blocked on it returns at once (EOF), and the driver reports the connection as lost."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
 
 
 watchdog = _Watchdog()
@@ -242,29 +320,33 @@ class CursorProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     _self_endpoint: Endpoint
     _self_cancel: Canceller | None
+    _self_abort: Canceller | None
     _self_conn: Any
 
-    def __init__(self, cursor: Any, endpoint: Endpoint, conn: Any, cancel: Canceller | None) -> None:
+    def __init__(self, cursor: Any, endpoint: Endpoint, conn: Any, cancel: Canceller | None,
+                 abort: Canceller | None = None) -> None:
         super().__init__(cursor)
         self._self_endpoint = endpoint
         self._self_conn = conn
         self._self_cancel = cancel
+        self._self_abort = abort
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         params = args[0] if args else next(iter(kwargs.values()), None)
         return execute(self._self_endpoint, self.__wrapped__.execute, (query, *args), kwargs, query, params,
-                       cancel=self._self_cancel, target=self._self_conn)
+                       cancel=self._self_cancel, target=self._self_conn, abort=self._self_abort)
 
     def executemany(self, query: Any, seq: Any, *args: Any, **kwargs: Any) -> Any:
         seq, size = batch_size(seq)
         return execute(self._self_endpoint, self.__wrapped__.executemany, (query, seq, *args), kwargs, query, seq,
-                       cancel=self._self_cancel, target=self._self_conn, batch=size)
+                       cancel=self._self_cancel, target=self._self_conn, batch=size, abort=self._self_abort)
 
     def callproc(self, name: str, *args: Any, **kwargs: Any) -> Any:
         ep = self._self_endpoint
         op = ep.op("CALL")
         return ep.call(op, _guarded, (self.__wrapped__.callproc, self._self_cancel, self._self_conn,
-                                      (name, *args), kwargs), {}, attributes={"db.stored_procedure.name": name})
+                                      (name, *args), kwargs, self._self_abort), {},
+                       attributes={"db.stored_procedure.name": name})
 
     def __enter__(self) -> CursorProxy:  # noqa: PYI034 - py3.10 has no typing.Self
         self.__wrapped__.__enter__()

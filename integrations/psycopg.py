@@ -1,16 +1,23 @@
 """psycopg 3: one CLIENT span, ``db.client.operation.duration`` and policies per statement.
 
 ``Cursor.execute``/``executemany`` and their ``AsyncCursor``/``ServerCursor`` twins are Python methods, so
-they are wrapped once at class level (no proxies): ``conn.execute()``, ``ClientCursor``, ``RawCursor`` and
-row factories all pass through them. The endpoint (``postgresql://host:port/dbname``) is resolved once per
+they are wrapped once at class level (no proxies): ``ClientCursor``, ``RawCursor`` and row factories all pass
+through them. ``Connection.execute``/``AsyncConnection.execute`` are wrapped too, because they fail before
+any cursor runs when the connection is closed or lost (a server restart): that failure is then a failed
+call too, seen by breakers and retries, and recorded (the cursor's own execute inside is not traced twice). The endpoint (``postgresql://host:port/dbname``) is resolved once per
 connection and cached on it. ``db.query.text`` is the statement as is when it has parameters, otherwise
 with its literals replaced by ``?``; parameter values only with INSTRUMENT_CAPTURE_SQL_PARAMETERS=true.
 
 Errors: policies' rejections and injected faults are ``psycopg.OperationalError``; a timeout fault is
 ``psycopg.errors.QueryCanceled``. Breakers and retries count only operational/interface errors.
 Deadlines: sync statements are cancelled server-side when a Timeout policy's deadline passes (the
-PostgreSQL cancel request, raising ``QueryCanceled``); async ones are cancelled by the policy and psycopg
-sends the cancel request itself. A connect under a deadline gets ``connect_timeout``. Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg.
+PostgreSQL cancel request, raising ``QueryCanceled``); when the server does not answer the cancel within
+``instrument._dbapi.CANCEL_GRACE`` (a partition), the connection's socket is shut down and the statement
+raises ``QueryCanceled`` at once (from the driver's OperationalError; the connection is then broken). Async
+ones are cancelled by the policy and psycopg sends the cancel request itself; under an expired deadline that
+request may take ``CANCEL_GRACE`` only, after which the socket is shut down too, so the task ends at once
+instead of psycopg's own 2 x 5 s (cancel, then wait for the server). A connect under a deadline gets
+``connect_timeout``. Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import Any
 import psycopg
 from psycopg import errors as pe
 
+from instrument import _context
 from instrument._call import Endpoint, endpoint
 from instrument._context import remaining
-from instrument._dbapi import aexecute, batch_size, execute, sql_errors
+from instrument._dbapi import CANCEL_GRACE, aexecute, batch_size, execute, shutdown_fd, sql_errors
 from instrument.patching import Target, apply, revert
 
 TARGETS = (
@@ -33,6 +41,9 @@ TARGETS = (
     Target("psycopg", "AsyncCursor.execute", is_async=True),
     Target("psycopg", "AsyncCursor.executemany", is_async=True),
     Target("psycopg", "AsyncServerCursor.execute", is_async=True, optional=True),
+    Target("psycopg", "Connection.execute"),
+    Target("psycopg", "AsyncConnection.execute", is_async=True),
+    Target("psycopg", "AsyncConnection.cancel_safe", is_async=True),
 )
 
 ERRORS = sql_errors(psycopg.OperationalError, psycopg.InterfaceError, timeout=pe.QueryCanceled,
@@ -57,9 +68,32 @@ def endpoint_for(conn: Any) -> Endpoint:
 def _cancel(conn: Any) -> None:
     cancel = getattr(conn, "cancel_safe", None)
     if cancel is not None:
-        cancel(timeout=5.0)
+        cancel(timeout=2.0)  # on the watchdog's cancel thread; the statement is aborted after CANCEL_GRACE
     else:
         conn.cancel()
+
+
+def _abort(conn: Any) -> None:
+    """Shut the connection's socket down: a statement blocked on it fails at once (connection lost)."""
+    shutdown_fd(conn.pgconn.socket)
+
+
+async def _acancel_safe(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """psycopg cancels a task's query itself (``cancel_safe(timeout=5.0)``, then waits 5 s for the server).
+    Under a passed deadline (a Timeout policy cancelled the task) the request gets ``CANCEL_GRACE``; when it
+    does not complete, the socket is shut down so that psycopg's wait ends at once and it closes the
+    connection. Any other cancel (the application's own) is unchanged."""
+    left = remaining()
+    if left is None or left > 0:
+        return await wrapped(*args, **kwargs)
+    try:
+        return await wrapped(timeout=CANCEL_GRACE)
+    except BaseException:
+        try:
+            _abort(instance)
+        except Exception:  # noqa: BLE001,S110 - best effort: the connection may already be gone
+            pass
+        raise
 
 
 def _query(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
@@ -72,7 +106,34 @@ def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     conn = instance.connection
     query, params = _query(args, kwargs)
     return execute(endpoint_for(conn), wrapped, args, kwargs, _render(query, conn), params, cancel=_cancel,
-                   target=conn)
+                   target=conn, abort=_abort)
+
+
+def _conn_endpoint(conn: Any) -> Endpoint | None:
+    """The endpoint of a connection that may be closed already (None when it was never resolved and cannot be)."""
+    try:
+        return endpoint_for(conn)
+    except Exception:  # noqa: BLE001 - a closed, never used connection: psycopg raises its own error
+        return None
+
+
+def _conn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Connection.execute``: the statement's span and policies start here, so that a closed connection's
+    error (raised by ``cursor()``, before the cursor's execute) is a failed call too."""
+    ep = None if _context.suppressed.get() else _conn_endpoint(instance)
+    if ep is None:
+        return wrapped(*args, **kwargs)
+    query, params = _query(args, kwargs)
+    return execute(ep, wrapped, args, kwargs, _render(query, instance), params, cancel=_cancel, target=instance,
+                   abort=_abort)
+
+
+async def _aconn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    ep = None if _context.suppressed.get() else _conn_endpoint(instance)
+    if ep is None:
+        return await wrapped(*args, **kwargs)
+    query, params = _query(args, kwargs)
+    return await aexecute(ep, wrapped, args, kwargs, _render(query, instance), params)
 
 
 def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -81,10 +142,12 @@ def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     seq = args[1] if len(args) > 1 else kwargs.pop("params_seq")
     seq, size = batch_size(seq)
     return execute(endpoint_for(conn), wrapped, (query, seq, *args[2:]), kwargs, _render(query, conn), seq,
-                   cancel=_cancel, target=conn, batch=size)
+                   cancel=_cancel, target=conn, batch=size, abort=_abort)
 
 
 async def _aexecute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _context.suppressed.get():  # inside AsyncConnection.execute (or another traced layer)
+        return await wrapped(*args, **kwargs)
     conn = instance.connection
     query, params = _query(args, kwargs)
     if getattr(wrapped, "__name__", "") == "executemany":
@@ -130,11 +193,16 @@ async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
 
 def patch() -> None:
     apply(TARGETS[:3], _dispatch)
-    apply(TARGETS[3:], _aexecute, _aexecute)
+    apply(TARGETS[3:6], _aexecute, _aexecute)
+    apply(TARGETS[6:7], _conn_execute)
+    apply(TARGETS[7:8], _aconn_execute, _aconn_execute)
+    apply(TARGETS[8:], _acancel_safe, _acancel_safe)
     apply(CONNECTS, _connect, _aconnect)
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _context.suppressed.get():  # inside Connection.execute (or another traced layer)
+        return wrapped(*args, **kwargs)
     if getattr(wrapped, "__name__", "") == "executemany":
         return _executemany(wrapped, instance, args, kwargs)
     return _execute(wrapped, instance, args, kwargs)

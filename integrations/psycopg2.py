@@ -5,8 +5,12 @@ asked for (psycopg2's documented extension point: the connection stays a real C 
 ``register_type``, ``extras.register_uuid(conn)`` and ``isinstance`` keep working). Its ``cursor()`` returns
 a traced cursor proxy (cursors are C types; ``with conn.cursor() as cur`` and iteration work). The endpoint
 is resolved once per connection. Deadlines: a statement running under a Timeout policy is cancelled
-server-side at the deadline (``connection.cancel()``: QueryCanceledError, SQLSTATE 57014); a connect under
-a deadline gets ``connect_timeout``. With INSTRUMENT_DB_POOL naming psycopg2, ``connect`` hands out pooled
+server-side at the deadline (``pg_cancel_backend`` on a short-lived second connection: QueryCanceledError,
+SQLSTATE 57014; not ``connection.cancel()``, which holds the GIL while it waits for the server, so that
+an unreachable server froze every thread of the process); when the server
+does not answer the cancel within ``instrument._dbapi.CANCEL_GRACE`` (a partition), the connection's socket
+is shut down and the statement raises QueryCanceledError at once (the connection is then broken). A connect
+under a deadline gets ``connect_timeout``. With INSTRUMENT_DB_POOL naming psycopg2, ``connect`` hands out pooled
 connections (see :mod:`instrument.pool`). Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg2.
 """
 
@@ -21,7 +25,7 @@ import psycopg2.extensions as ext
 
 from instrument import _context
 from instrument._call import Endpoint, endpoint
-from instrument._dbapi import CursorProxy, sql_errors
+from instrument._dbapi import CursorProxy, shutdown_fd, sql_errors
 from instrument.patching import Target, apply, revert
 
 TARGETS = (Target("psycopg2", "connect"),)
@@ -31,14 +35,31 @@ ERRORS = sql_errors(psycopg2.OperationalError, psycopg2.InterfaceError, timeout=
 
 
 def _cancel(conn: Any) -> None:
-    conn.cancel()
+    """Cancel the running statement from a second connection (it releases the GIL while it waits)."""
+    params = {k: v for k, v in conn.get_dsn_parameters().items() if v}
+    password = getattr(conn.info, "password", None)
+    if password:
+        params["password"] = password
+    params.update(connect_timeout="2", options="-c statement_timeout=2000", application_name="instrument-cancel")
+    canceller = ext.connection(ext.make_dsn(**params))  # the C class itself: not traced, not pooled
+    try:
+        canceller.autocommit = True
+        with canceller.cursor() as cur:
+            cur.execute("SELECT pg_cancel_backend(%s)", (conn.info.backend_pid,))
+    finally:
+        canceller.close()
+
+
+def _abort(conn: Any) -> None:
+    shutdown_fd(conn.fileno())  # PQsocket: no connection lock, safe while a statement runs
 
 
 class _TracedConnection:
     """Mixed in before the application's connection class (see :func:`_traced_class`)."""
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        return CursorProxy(super().cursor(*args, **kwargs), endpoint_for(self), self, _cancel)  # type: ignore[misc]
+        return CursorProxy(super().cursor(*args, **kwargs), endpoint_for(self), self, _cancel,  # type: ignore[misc]
+                           _abort)
 
 
 def endpoint_for(conn: Any) -> Endpoint:

@@ -5,7 +5,9 @@
 endpoint (``mysql://host:port/db``) is resolved once per connection; ``db.system.name`` is ``mariadb``
 when the server says so, else ``mysql``. ``db.response.status_code`` is the MySQL error number.
 Deadlines: a statement running under a Timeout policy is stopped server-side at the deadline with
-``KILL QUERY`` (sent on a short-lived second connection), raising the driver's OperationalError 1317.
+``KILL QUERY`` (sent on a short-lived second connection), raising the driver's OperationalError 1317; when
+that does not complete within ``instrument._dbapi.CANCEL_GRACE`` (a partition), the connection's socket is
+shut down and the statement raises OperationalError 1317 at once (the connection is then broken).
 Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=pymysql.
 """
 
@@ -51,7 +53,8 @@ def endpoint_for(conn: Any) -> Endpoint:
 def _kill_query(conn: Any) -> None:
     with _context.suppress():
         killer = pymysql.connect(host=conn.host, port=conn.port, user=conn.user, password=conn.password,
-                                 connect_timeout=5, unix_socket=getattr(conn, "unix_socket", None))
+                                 connect_timeout=5, read_timeout=5, write_timeout=5,
+                                 unix_socket=getattr(conn, "unix_socket", None))
         try:
             with killer.cursor() as cur:
                 cur.execute(f"KILL QUERY {int(conn.thread_id())}")
@@ -59,11 +62,20 @@ def _kill_query(conn: Any) -> None:
             killer.close()
 
 
+def _abort(conn: Any) -> None:
+    import socket
+
+    sock = conn._sock  # the connection's own socket; a blocked read then sees EOF
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     conn = instance.connection
     query = args[0] if args else kwargs.get("query")
     params = args[1] if len(args) > 1 else kwargs.get("args")
-    return execute(endpoint_for(conn), wrapped, args, kwargs, query, params, cancel=_kill_query, target=conn)
+    return execute(endpoint_for(conn), wrapped, args, kwargs, query, params, cancel=_kill_query, target=conn,
+                   abort=_abort)
 
 
 def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -71,7 +83,7 @@ def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     query = args[0] if args else kwargs.pop("query")
     seq, size = batch_size(args[1] if len(args) > 1 else kwargs.pop("args"))
     return execute(endpoint_for(conn), wrapped, (query, seq), kwargs, query, seq, cancel=_kill_query,
-                   target=conn, batch=size)
+                   target=conn, batch=size, abort=_abort)
 
 
 def _callproc(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

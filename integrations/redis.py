@@ -10,6 +10,13 @@
 - Errors: rejections and injected faults are ``redis.ConnectionError``; a timeout fault is
   ``redis.TimeoutError``; only those two count as failures. ``db.response.status_code`` is the error
   prefix of a server error (``WRONGTYPE``, ``ERR`` ...).
+- Deadlines (a Timeout policy): an async command is cancelled. A sync one cannot be, and redis-py retries
+  a timed-out command on a new connection with its configured timeouts (5 s or none, times its retries):
+  so while a command runs under a deadline, every connection it uses (checked out, connected or written
+  to) gets the time left as its socket (and connect) timeout and no retry of its own (the pipeline's Retry
+  policy is the one that retries), and raises ``redis.TimeoutError`` at the deadline. The connection's
+  settings are restored when it goes back to the pool, or when the command ends (a single-connection
+  client, a pipeline holding its connection).
 
 Hook for other modules (redis Streams messaging spans live in ``integrations/redis_streams.py``):
 ``COMMAND_DESCRIBERS`` maps an upper-case command name (``"XADD"``) to
@@ -25,11 +32,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import redis
 from redis import exceptions as rex
 
+from instrument import _context
 from instrument._call import ClientErrors, Endpoint, Op, endpoint
 from instrument._pool_metrics import PoolMetrics, Snapshot, pool_name
 from instrument._safety import report
@@ -65,7 +74,11 @@ MAKES = (
     Target("redis.connection", "BlockingConnectionPool.make_connection", optional=True),
     Target("redis.asyncio.connection", "ConnectionPool.make_connection", optional=True),
 )
-TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES
+CONNECTIONS = (  # where a command under a deadline bounds the connection it uses (sync only)
+    Target("redis.connection", "AbstractConnection.connect", optional=True),
+    Target("redis.connection", "AbstractConnection.send_packed_command", optional=True),
+)
+TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES + CONNECTIONS
 
 
 def _status(exc: BaseException) -> Mapping[str, Any] | None:
@@ -137,7 +150,7 @@ def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mappin
 
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     ep, op, attributes = _resolve(instance, args)
-    return ep.call(op, wrapped, args, kwargs, attributes=attributes)
+    return ep.call(op, _bounded, (wrapped, instance, args, kwargs), {}, attributes=attributes)
 
 
 async def _aexecute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -157,7 +170,7 @@ def _pipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[s
     if not getattr(instance, "command_stack", None):
         return wrapped(*args, **kwargs)  # an empty pipeline sends nothing
     ep, op, attributes = _pipeline_op(instance)
-    return ep.call(op, wrapped, args, kwargs, attributes=attributes)
+    return ep.call(op, _bounded, (wrapped, instance, args, kwargs), {}, attributes=attributes)
 
 
 async def _apipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -165,6 +178,76 @@ async def _apipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
         return await wrapped(*args, **kwargs)
     ep, op, attributes = _pipeline_op(instance)
     return await ep.acall(op, wrapped, args, kwargs, attributes=attributes)
+
+
+# -- deadlines (sync) --------------------------------------------------------------------------------
+
+_owner: ContextVar[object | None] = ContextVar("instrument.redis.deadline_owner", default=None)
+_SAVED = "_instrument_saved"  # on a bounded connection: (owner, socket_timeout, socket_connect_timeout, retry)
+_no_retry: list[Any] = []
+
+
+def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The innermost step of a sync command: under a deadline, the connections it uses are bounded by it."""
+    if _context.deadline() is None:
+        return wrapped(*args, **kwargs)
+    owner = object()
+    token = _owner.set(owner)
+    held = getattr(instance, "connection", None)  # a single-connection client, a pipeline that holds one
+    try:
+        if held is not None:
+            _bound(held, owner)
+        return wrapped(*args, **kwargs)
+    finally:
+        _owner.reset(token)
+        if held is not None:
+            _unbound(held, owner)
+
+
+def _bound(conn: Any, owner: object) -> None:
+    """Socket and connect timeouts = the time left, no retry of the connection's own, until restored."""
+    left = _context.remaining()
+    if left is None:
+        return
+    left = max(left, 0.001)
+    state = conn.__dict__
+    if _SAVED not in state:
+        if not _no_retry:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            _no_retry.append(Retry(NoBackoff(), 0))
+        state[_SAVED] = (owner, conn.socket_timeout, conn.socket_connect_timeout, conn.retry)
+        conn.retry = _no_retry[0]
+    connect = state[_SAVED][2]
+    conn.socket_timeout = left
+    conn.socket_connect_timeout = left if connect is None else min(connect, left)
+    sock = getattr(conn, "_sock", None)
+    if sock is not None:
+        sock.settimeout(left)
+
+
+def _unbound(conn: Any, owner: object | None = None) -> None:
+    """Restore a bounded connection (only the bounding command's, unless ``owner`` is None: a release)."""
+    state = getattr(conn, "__dict__", {})
+    saved = state.get(_SAVED)
+    if saved is None or (owner is not None and saved[0] is not owner):
+        return
+    del state[_SAVED]
+    _, conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
+    sock = getattr(conn, "_sock", None)
+    if sock is not None:
+        sock.settimeout(saved[1])
+
+
+def _connection_hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    owner = _owner.get()
+    if owner is not None:
+        try:
+            _bound(instance, owner)
+        except Exception as exc:  # noqa: BLE001 - never let our code break the command
+            report("redis deadline", exc)
+    return wrapped(*args, **kwargs)
 
 
 # -- pools -------------------------------------------------------------------------------------------
@@ -244,7 +327,10 @@ def _used(pool: Any, conn: Any) -> None:
 
 
 def _release(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    _used(instance, args[0] if args else kwargs.get("connection"))
+    conn = args[0] if args else kwargs.get("connection")
+    _used(instance, conn)
+    if conn is not None and _SAVED in getattr(conn, "__dict__", ()):
+        _unbound(conn)  # back to the pool with its own settings, before another thread can take it
     return wrapped(*args, **kwargs)
 
 
@@ -267,6 +353,7 @@ def patch() -> None:
     apply(GETS, _get, _aget)
     apply(RELEASES, _release, _arelease)
     apply(MAKES, _make)
+    apply(CONNECTIONS, _connection_hook)
 
 
 def unpatch() -> None:
