@@ -67,7 +67,12 @@ class Telemetry:
 
 def install(otlp_endpoint: str | None = None) -> Telemetry:
     """Install the global providers and ``instrument.init()`` with no integration hooked (we toggle them)."""
+    # The toolkit's readers (as instrument.init() installs them) export its in-place duration histograms;
+    # contrib's instruments go through the same readers as ordinary SDK instruments.
+    from instrument import _histograms
+
     resource = Resource({"service.name": "benchmarks"})
+    _histograms.enable(resource)
     sampler = SwitchSampler()
     tp = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
     counter = CountingProcessor()
@@ -78,14 +83,22 @@ def install(otlp_endpoint: str | None = None) -> Telemetry:
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
         tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
-        reader: Any = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True),
-                                                    export_interval_millis=5000)
+
+        class OtlpReader(_histograms.MergingReader, PeriodicExportingMetricReader):
+            pass
+
+        reader: Any = OtlpReader(OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True),
+                                 export_interval_millis=5000)
         mode = "otlp"
     else:
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
         tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
-        reader = InMemoryMetricReader()
+
+        class MemoryReader(_histograms.MergingReader, InMemoryMetricReader):
+            pass
+
+        reader = MemoryReader()
         mode = "memory"
     mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
     trace.set_tracer_provider(tp)

@@ -52,7 +52,41 @@ def install(providers: Any) -> None:
     if _installed[0] or not hasattr(os, "register_at_fork"):
         return
     _installed[0] = True
-    os.register_at_fork(after_in_child=_hook)
+    os.register_at_fork(before=_hold_export_locks, after_in_parent=_release_export_locks, after_in_child=_hook)
+
+
+def _export_locks() -> list[Any]:
+    """Locks an export thread holds while it exports, in the order it takes them: each owned metric
+    reader's export lock, then each deferred exporter's build lock (see :class:`instrument._otel.Deferred`).
+    A fork in the middle of an export would leave the child with them held by a thread it does not have."""
+    from instrument._otel import Deferred
+
+    locks = []
+    for providers in _providers:
+        for provider in _owned(providers):
+            for reader in getattr(provider, "_metric_readers", ()) or ():
+                lock = getattr(reader, "_export_lock", None)
+                if lock is not None:
+                    locks.append(lock)
+    locks.extend(d._lock for d in list(Deferred._instances or ()))
+    return locks
+
+
+_held: list[Any] = []
+
+
+def _hold_export_locks() -> None:
+    try:
+        for lock in _export_locks():
+            lock.acquire()
+            _held.append(lock)
+    except Exception:  # noqa: BLE001, S110 - never stop a fork; the child hook still runs
+        pass
+
+
+def _release_export_locks() -> None:
+    while _held:
+        _held.pop().release()
 
 
 def _hook() -> None:
@@ -66,6 +100,7 @@ def _hook() -> None:
 
 def after_in_child() -> None:
     """Everything a forked child redoes (run by the at-fork hook; callable by tests)."""
+    _release_export_locks()  # held by this thread across fork(): it is this child's own copy
     _reset_locks()
     _reset_toolkit_state()
     if _providers:

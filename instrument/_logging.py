@@ -12,7 +12,6 @@ import re
 import sys
 from typing import Any
 
-import structlog
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
@@ -95,13 +94,10 @@ class ExportToOtel:
 _configured = False
 
 
-def configure_logging(settings: Settings) -> None:
-    """Configure structlog and stdlib logging once. An application's own structlog setup is kept."""
-    global _configured
-    if _configured:
-        return
-    _configured = True
-    level = getattr(logging, settings.log_level.upper())
+def _processors(settings: Settings) -> tuple[list[Any], list[Any], Any]:
+    """(shared processors, exporting processors, renderer): built when structlog is first needed."""
+    import structlog
+
     if settings.log_format == "console" or (settings.log_format == "auto" and sys.stderr.isatty()):
         renderer: Any = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
@@ -110,26 +106,63 @@ def configure_logging(settings: Settings) -> None:
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_trace_context,
         redact_secrets,
     ]
     exporting: list[Any] = [] if settings.logs.kind == "none" or settings.sdk_disabled else [ExportToOtel()]
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[structlog.stdlib.filter_by_level, *shared,
-                        structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-            logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
-            cache_logger_on_first_use=True,
-        )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, *exporting, renderer],
+    return shared, exporting, renderer
+
+
+class _LazyFormatter(logging.Formatter):
+    """structlog's ProcessorFormatter, built on the first record: importing structlog (and the rich it may
+    pull in) costs tens of milliseconds that a process which never logs should not pay at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._settings = settings
+        self._formatter: logging.Formatter | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._formatter is None:
+            import structlog
+
+            shared, exporting, renderer = _processors(self._settings)
+            self._formatter = structlog.stdlib.ProcessorFormatter(
+                foreign_pre_chain=shared,
+                processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                            structlog.processors.format_exc_info, *exporting, renderer])
+        return self._formatter.format(record)
+
+
+def _configure_structlog(settings: Settings) -> None:
+    """Route structlog through stdlib logging and our processors, unless the application configured it."""
+    import structlog
+
+    if structlog.is_configured():
+        return
+    shared, _exporting, _renderer = _processors(settings)
+    structlog.configure(
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
     )
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure stdlib logging now and structlog when it is first imported (by the app or by us). Once.
+
+    An application's own structlog configuration is kept.
+    """
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    level = getattr(logging, settings.log_level.upper())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(_LazyFormatter(settings))
     handler.set_name("instrument")
     root = logging.getLogger()
     if not any(h.get_name() == "instrument" for h in root.handlers):
@@ -137,3 +170,6 @@ def configure_logging(settings: Settings) -> None:
     if root.level == logging.WARNING and not root.handlers[:-1]:
         root.setLevel(level)  # the application did not choose a level: use ours
     logging.getLogger("instrument").setLevel(level)
+    import wrapt
+
+    wrapt.register_post_import_hook(lambda _module: _configure_structlog(settings), "structlog")

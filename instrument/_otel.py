@@ -83,40 +83,84 @@ def _otlp_kwargs(exp: Exporter) -> dict[str, Any]:
     return kwargs
 
 
-def _span_exporter(exp: Exporter) -> Any:
+# signal -> (OTLP/gRPC module, OTLP/HTTP module, OTLP class, console module, console class)
+_EXPORTERS = {
+    "traces": ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+               "opentelemetry.exporter.otlp.proto.http.trace_exporter", "OTLPSpanExporter",
+               "opentelemetry.sdk.trace.export", "ConsoleSpanExporter"),
+    "metrics": ("opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+                "opentelemetry.exporter.otlp.proto.http.metric_exporter", "OTLPMetricExporter",
+                "opentelemetry.sdk.metrics.export", "ConsoleMetricExporter"),
+    "logs": ("opentelemetry.exporter.otlp.proto.grpc._log_exporter",
+             "opentelemetry.exporter.otlp.proto.http._log_exporter", "OTLPLogExporter",
+             "opentelemetry.sdk._logs.export", "ConsoleLogRecordExporter"),
+}
+
+
+class Deferred:
+    """An OTLP exporter built on its first use, in the SDK's export thread.
+
+    Importing gRPC and the OTLP protobuf modules takes about 100 ms; a service should not wait for it at
+    start-up, and the first export happens in the background anyway. A metric exporter's temporality and
+    aggregation preferences (read by the metric reader at construction) come from the OTLP exporters' own
+    logic, which does not need gRPC.
+    """
+
+    _instances: Any = None  # a WeakSet of every Deferred, for the fork guard
+
+    def __init__(self, build: Any, *, metrics: bool = False) -> None:
+        import threading
+        import weakref
+
+        self._build = build
+        self._real: Any = None
+        self._lock = threading.Lock()
+        if Deferred._instances is None:
+            Deferred._instances = weakref.WeakSet()  # instrument._fork holds their locks across fork()
+        Deferred._instances.add(self)
+        if metrics:
+            from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import OTLPMetricExporterMixin
+
+            class _Preferences(OTLPMetricExporterMixin):
+                def __init__(self) -> None:
+                    self._common_configuration()
+
+            preferences = _Preferences()
+            self._preferred_temporality = preferences._preferred_temporality
+            self._preferred_aggregation = preferences._preferred_aggregation
+
+    def _exporter(self) -> Any:
+        if self._real is None:
+            with self._lock:
+                if self._real is None:
+                    self._real = self._build()
+        return self._real
+
+    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._exporter().export(batch, *args, **kwargs)
+
+    def force_flush(self, *args: Any, **kwargs: Any) -> Any:
+        return True if self._real is None else self._real.force_flush(*args, **kwargs)
+
+    def shutdown(self, *args: Any, **kwargs: Any) -> Any:
+        return None if self._real is None else self._real.shutdown(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # the built exporter's own attributes (fork handling reads them)
+        real = self.__dict__.get("_real")
+        if real is None:
+            raise AttributeError(name)
+        return getattr(real, name)
+
+
+def _exporter(signal: str, exp: Exporter) -> Any:
+    import importlib
+
+    grpc_module, http_module, otlp_class, console_module, console_class = _EXPORTERS[signal]
     if exp.kind == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if exp.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter(**_otlp_kwargs(exp))
-
-
-def _metric_exporter(exp: Exporter) -> Any:
-    if exp.kind == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-        return ConsoleMetricExporter()
-    if exp.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # type: ignore[assignment]
-    return OTLPMetricExporter(**_otlp_kwargs(exp))
-
-
-def _log_exporter(exp: Exporter) -> Any:
-    if exp.kind == "console":
-        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
-
-        return ConsoleLogRecordExporter()
-    if exp.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # type: ignore[assignment]
-    return OTLPLogExporter(**_otlp_kwargs(exp))
+        return getattr(importlib.import_module(console_module), console_class)()
+    module = grpc_module if exp.protocol == "grpc" else http_module
+    kwargs = _otlp_kwargs(exp)
+    return Deferred(lambda: getattr(importlib.import_module(module), otlp_class)(**kwargs), metrics=signal == "metrics")
 
 
 def _is_default(provider: Any, proxy_type_names: tuple[str, ...]) -> bool:
@@ -142,7 +186,7 @@ def setup(settings: Settings) -> Providers:
 
         tp = TracerProvider(resource=resource, sampler=_sampler(settings), shutdown_on_exit=False)
         if settings.traces.kind != "none":
-            bsp = BatchSpanProcessor(_export.CountingExporter(_span_exporter(settings.traces), "traces"),
+            bsp = BatchSpanProcessor(_export.CountingExporter(_exporter("traces", settings.traces), "traces"),
                                      export_timeout_millis=settings.traces.timeout * 1000)
             _export.count_queue_drops(bsp, "traces")
             tp.add_span_processor(bsp)
@@ -165,7 +209,7 @@ def setup(settings: Settings) -> Providers:
         if settings.metrics.kind != "none":
             _histograms.enable(resource)
             readers.append(_Reader(
-                _export.CountingExporter(_metric_exporter(settings.metrics), "metrics"),
+                _export.CountingExporter(_exporter("metrics", settings.metrics), "metrics"),
                 export_interval_millis=settings.metric_export_interval * 1000,
                 export_timeout_millis=settings.metrics.timeout * 1000))
         mp = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -183,7 +227,7 @@ def setup(settings: Settings) -> Providers:
 
         lp = LoggerProvider(resource=resource, shutdown_on_exit=False)
         if settings.logs.kind != "none":
-            blrp = BatchLogRecordProcessor(_export.CountingExporter(_log_exporter(settings.logs), "logs"),
+            blrp = BatchLogRecordProcessor(_export.CountingExporter(_exporter("logs", settings.logs), "logs"),
                                            export_timeout_millis=settings.logs.timeout * 1000)
             _export.count_queue_drops(blrp, "logs")
             lp.add_log_record_processor(blrp)

@@ -5,6 +5,7 @@ Subscribed once by init(). Runs only when a policy decides something, never on t
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from instrument import _context, _instruments
@@ -104,10 +105,10 @@ def observe_breakers(_options: Any) -> Any:
     """Callback of the ``instrument.circuit_breaker.state`` gauge: 1 for each breaker's state, 0 otherwise."""
     from opentelemetry.metrics import Observation
 
-    try:
-        from instrument.policies import breakers
-    except ImportError:
+    if "instrument.policies" not in sys.modules:  # no policy module loaded: no breaker exists
         return []
+    from instrument.policies import breakers
+
     out = []
     for breaker in breakers():
         current = breaker.state
@@ -121,10 +122,10 @@ def observe_bulkheads(_options: Any) -> Any:
     """Callback of ``instrument.bulkhead.active``: calls holding a slot, per configured bulkhead."""
     from opentelemetry.metrics import Observation
 
-    try:
-        from instrument.policies import bulkheads
-    except ImportError:
+    if "instrument.policies" not in sys.modules:
         return []
+    from instrument.policies import bulkheads
+
     return [Observation(b.active, {"instrument.policy.target": b.target}) for b in bulkheads()]
 
 

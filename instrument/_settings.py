@@ -273,20 +273,24 @@ def _check_url(name: str, value: str) -> None:
         raise ConfigError(name, value, "a URL such as http://localhost:4317")
 
 
-# Subsystems register a validator: (settings) -> None, raising ConfigError. Kept as a table so the core
-# does not import policy or fault code until configuration is actually checked.
-VALIDATORS: list[str] = [
-    "instrument.policies:validate_settings",
-    "instrument.faults:validate_settings",
-    "instrument.pool:validate_settings",
+# Subsystems' validators: (settings) -> None, raising ConfigError, and installing the rules. A subsystem
+# with nothing configured is not even imported (start-up time); once loaded, it is always told, so that
+# rules from earlier settings are replaced.
+VALIDATORS: list[tuple[str, Callable[[Settings], Any]]] = [
+    ("instrument.policies:validate_settings", lambda s: s.policies or s.policies_file),
+    ("instrument.faults:validate_settings", lambda s: s.faults or s.faults_header),
+    ("instrument.pool:validate_settings", lambda s: s.db_pool),
 ]
 
 
 def _validate_subsystems(settings: Settings) -> None:
     import importlib
+    import sys
 
-    for spec in VALIDATORS:
+    for spec, configured in VALIDATORS:
         module_name, _, attr = spec.partition(":")
+        if module_name not in sys.modules and not configured(settings):
+            continue
         try:
             module = importlib.import_module(module_name)
         except ImportError:

@@ -280,3 +280,50 @@ def test_sdk_shape_the_fork_hook_relies_on():
     exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1", insecure=True)
     assert callable(exporter._initialize_channel_and_stub) and exporter._channel is not None
     exporter.shutdown()
+    # The metric readers' export lock, held across fork() so that no child inherits it taken mid-export.
+    from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+    reader = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60_000)
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    assert reader in provider._metric_readers and hasattr(reader._export_lock, "acquire")
+    provider.shutdown()
+
+
+def test_a_fork_waits_for_an_export_in_progress_and_the_child_can_export():
+    """The parent's export thread holds the reader's export lock while exporting (here: a slow export);
+    fork() waits for it, and the child's exports are not blocked by a lock copied in the taken state."""
+    code = textwrap.dedent("""
+        import os, sys, threading, time
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, PeriodicExportingMetricReader
+        from instrument import _fork, _otel
+
+        class Slow(MetricExporter):
+            def __init__(self):
+                super().__init__()
+            def export(self, data, timeout_millis=0, **kw):
+                time.sleep(0.5)
+                return MetricExportResult.SUCCESS
+            def force_flush(self, timeout_millis=0):
+                return True
+            def shutdown(self, timeout_millis=0, **kw):
+                pass
+
+        reader = PeriodicExportingMetricReader(Slow(), export_interval_millis=100_000)
+        provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+        metrics.set_meter_provider(provider)
+        metrics.get_meter("t").create_counter("c").add(1)
+        _fork.install(_otel.Providers(meter_provider=provider, owned=[provider]))
+        threading.Thread(target=reader.collect, daemon=True).start()
+        time.sleep(0.1)  # the export is under way, its lock taken
+        pid = os.fork()
+        if pid == 0:
+            ok = reader._export_lock.acquire(timeout=2)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    result = run_python(code, env={"OTEL_SDK_DISABLED": "false"}, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["child", "0"]
