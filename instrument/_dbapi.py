@@ -218,7 +218,7 @@ class _Armed:
         self.cancel = cancel
         self.target = target
         self.abort = abort
-        self.cancelled = threading.Event()  # the cancel request completed (successfully or not)
+        self.cancelled = False  # the cancel request completed (successfully or not); set by its thread
         self.aborted = False
 
 
@@ -240,13 +240,18 @@ class _Watchdog:
 
     def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
         handle = next(self._ids)
+        due = time.monotonic() + seconds
         with self._cond:
-            heapq.heappush(self._heap, (time.monotonic() + seconds, handle, handle, "cancel"))
+            # The thread sleeps until the earliest due time: wake it only when this one comes sooner (or it
+            # is not running). Waking it per statement would cost a thread switch on every query.
+            wake = not self._heap or due < self._heap[0][0]
+            heapq.heappush(self._heap, (due, handle, handle, "cancel"))
             self._armed[handle] = _Armed(cancel, target, abort)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif wake:
+                self._cond.notify()
         return handle
 
     def disarm(self, handle: int) -> bool:
@@ -276,7 +281,7 @@ class _Watchdog:
                 if step == "cancel":
                     if armed.abort is not None:
                         heapq.heappush(self._heap, (at + CANCEL_GRACE, next(self._ids), handle, "grace"))
-                elif step == "grace" and armed.cancelled.is_set():
+                elif step == "grace" and armed.cancelled:
                     heapq.heappush(self._heap, (at - CANCEL_GRACE + CANCEL_LATE, next(self._ids), handle, "late"))
                 else:  # the cancel did not complete in time, or the statement outlived it: shut the socket
                     armed.aborted = True
@@ -296,7 +301,7 @@ def _request_cancel(armed: _Armed) -> None:
     except Exception:  # noqa: BLE001,S110 - cancelling is best effort (the connection may be gone)
         pass
     finally:
-        armed.cancelled.set()
+        armed.cancelled = True
 
 
 def shutdown_fd(fd: int) -> None:
