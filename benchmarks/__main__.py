@@ -4,7 +4,7 @@
     python -m benchmarks --quick            # CI: proves the harness works, numbers mean little
     python -m benchmarks --only requests,redis --skip memory,startup
     python -m benchmarks --otlp             # real OTLP/gRPC exporters to a local sink (a subprocess)
-    python -m benchmarks --markdown         # tables as Markdown (docs/readme-benchmarks.md)
+    python -m benchmarks --markdown         # tables as Markdown (the README, Benchmarks)
 
 Columns of the operations table: ``bare`` is the per-call µs of the uninstrumented call; every other
 column is overhead = variant − bare in the same round, as median (min..max) over the rounds. ``A/A`` is a

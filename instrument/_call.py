@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from instrument import _context, _instruments
 from instrument._safety import report
+from instrument.errors import Rejected
 
 __all__ = ["CallState", "ClientErrors", "Endpoint", "Op", "endpoint", "error_type"]
 
@@ -197,7 +198,7 @@ class Endpoint:
     policies: bool = True  # False: telemetry only (consumer process spans must not be retried or cut short)
     span_attributes: dict[str, Any] = field(default_factory=dict)
     metric_attributes: dict[str, Any] = field(default_factory=dict)
-    _ops: dict[tuple[str, str | None, SpanKind | None, bool], Op] = field(default_factory=dict, repr=False)
+    _ops: dict[tuple[str, str | None, SpanKind | None, bool, str | None], Op] = field(default_factory=dict, repr=False)
     _chain: Any = field(default=None, repr=False)
     _chain_generation: int = field(default=-1, repr=False)
     _in_flight: set[int] = field(default_factory=set, repr=False)
@@ -208,7 +209,7 @@ class Endpoint:
            span_name: str | None = None, histogram: str | None = None, counter: str | None = None,
            idempotent: bool = True, attributes: Mapping[str, Any] | None = None) -> Op:
         """The cached :class:`Op` for ``name`` on ``subject`` (table, queue, topic). Cheap after the first call."""
-        key = (name, subject, span_kind, idempotent)
+        key = (name, subject, span_kind, idempotent, span_name)
         found = self._ops.get(key)
         if found is not None:
             return found
@@ -383,7 +384,9 @@ class Endpoint:
                         extra = errors.describe(exc) if errors.describe is not None else None
                         if extra:
                             span.set_attributes(extra)
-                        if errors.message is None:
+                        if isinstance(exc, Rejected):  # our own refusal: its span event says why, no stack
+                            text = str(exc)
+                        elif errors.message is None:
                             span.record_exception(exc)
                             text = str(exc)
                         else:  # the exception's own text may hold secrets: record cleaned text only

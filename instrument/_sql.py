@@ -12,7 +12,8 @@ same few hundred statements over and over, so the hot path is one dict lookup.
 - :func:`sanitize`: every string (``'..'``, ``E'..'``, ``N'..'``, ``X'..'``, ``B'..'``, dollar-quoted
   ``$tag$..$tag$``; MySQL double-quoted strings), number (integer, decimal, exponent, hex, negative) becomes
   ``?``, and ``IN (?, ?, ?)`` collapses to ``IN (?)``. Placeholders (``%s``, ``%(name)s``, ``$1``, ``?``,
-  ``:name``), identifiers, ``"quoted identifiers"``, keywords, TRUE/FALSE/NULL and comments are kept.
+  ``:name``), identifiers, ``"quoted identifiers"``, keywords and TRUE/FALSE/NULL are kept; comments are
+  dropped, since they can hold anything.
   An unterminated string swallows the rest of the text, so a literal can never leak.
 """
 
@@ -67,6 +68,9 @@ def _sanitize_tokens(sql: str, mysql: bool) -> str:
             start = m.start()
             out.append(sql[last:start])
             out.append("?")
+            last = m.end()
+        elif kind == "comment":  # a comment can hold anything (a password in a note, a token): dropped
+            out.append(sql[last:m.start()].rstrip())
             last = m.end()
         elif kind == "number":
             start = m.start()

@@ -1,7 +1,7 @@
 """Resilience policies: circuit breaker, timeout, retry, bulkhead, rate limit, composed into pipelines.
 
 Applied to patched clients by rules (INSTRUMENT_POLICIES, INSTRUMENT_POLICIES_FILE; see
-``docs/readme-policies.md``) and usable on their own around any function::
+the README, Resilience policies) and usable on their own around any function::
 
     from instrument.policies import CircuitBreaker, Pipeline, Retry, Timeout
 

@@ -12,7 +12,7 @@ Grammar (whitespace is ignored around every token)::
 
 A rule's GLOB is matched (``fnmatch``, case-sensitive, ``*`` also crosses ``/``) against the endpoint's
 target identity; the **first** matching rule wins, rules of INSTRUMENT_POLICIES before those of the
-file. Policies apply in the order written, the first outermost. See docs/readme-policies.md.
+file. Policies apply in the order written, the first outermost. See the README, Resilience policies.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["Rule", "breakers", "bulkheads", "configure", "parse", "pipeline", "p
 VARIABLE = "INSTRUMENT_POLICIES"
 FILE_VARIABLE = "INSTRUMENT_POLICIES_FILE"
 ACCEPTED = ("rules 'GLOB=policy(args),...;GLOB=...' with policies timeout, retry, breaker, bulkhead, "
-            "ratelimit (see docs/readme-policies.md)")
+            "ratelimit (see the README, Resilience policies)")
 REGISTRY_SIZE = 1024
 
 # -- values ------------------------------------------------------------------------------------------

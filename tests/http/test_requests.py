@@ -55,7 +55,7 @@ def test_timeout(tel, server):  # type: ignore[no-untyped-def]
 
 def test_redirect_chain_is_one_span(tel, server):  # type: ignore[no-untyped-def]
     # Session.send follows redirects by calling itself: the hops run inside the first call's span.
-    # (semconv would rather have one span per hop; see docs/readme-http.md)
+    # (semconv would rather have one span per hop; see the README, HTTP)
     assert requests.get(server.url("/redirect"), timeout=5).status_code == 200
     (span,) = client_spans(tel)
     assert span.attributes["url.full"].endswith("/redirect")

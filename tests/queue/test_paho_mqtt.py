@@ -1,5 +1,5 @@
 """paho-mqtt on the machine's Mosquitto: MQTT 5 carries the trace in user properties; MQTT 3.1.1 has
-no headers, so the consumer starts a new trace (documented in docs/readme-queues.md)."""
+no headers, so the consumer starts a new trace (documented in the README, Queues and streams)."""
 
 from __future__ import annotations
 
