@@ -118,7 +118,11 @@ def _wsgi(headers: dict[str, str], path: str = "/") -> tuple[str, list[tuple[str
                "wsgi.url_scheme": "http", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "orders:8000"}
     environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in headers.items()})
     seen: list[Any] = []
-    body = b"".join(wsgi.InstrumentMiddleware(_wsgi_app)(environ, lambda s, h, *a: seen.append((s, h))))
+    response = wsgi.InstrumentMiddleware(_wsgi_app)(environ, lambda s, h, *a: seen.append((s, h)))
+    try:
+        body = b"".join(response)
+    finally:
+        response.close()  # as every WSGI server does: the request (and its span) ends here
     return seen[0][0], seen[0][1], body
 
 
