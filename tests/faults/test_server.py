@@ -122,7 +122,9 @@ def _wsgi(headers: dict[str, str], path: str = "/") -> tuple[str, list[tuple[str
     try:
         body = b"".join(response)
     finally:
-        response.close()  # as every WSGI server does: the request (and its span) ends here
+        close = getattr(response, "close", None)
+        if close is not None:
+            close()  # as every WSGI server does: the request (and its span) ends here
     return seen[0][0], seen[0][1], body
 
 
