@@ -14,6 +14,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from instrument.testing._receiver import _attrs, _value  # the same OTLP decoding as the test receiver
+
 _HISTOGRAMS = {
     "http.client.request.duration": "http",
     "db.client.operation.duration": "db",
@@ -23,15 +25,6 @@ _HISTOGRAMS = {
 _COUNTERS = ("instrument.fault.injected", "instrument.circuit_breaker.transitions",
              "instrument.circuit_breaker.rejected", "instrument.rate_limit.rejected")
 WINDOW = 5.0  # seconds
-
-
-def _value(v: Any) -> Any:
-    which = v.WhichOneof("value")
-    return None if which is None else getattr(v, which)
-
-
-def _attrs(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in kvs}
 
 
 @dataclass
