@@ -31,8 +31,6 @@ METRICS: tuple[Metric, ...] = (
            ("http.request.method", "server.address", "server.port", "http.response.status_code", _E), HTTP_BUCKETS),
     Metric("http.client.active_requests", "updowncounter", "{request}", "Number of active HTTP client requests.",
            ("server.address", "server.port")),
-    Metric("http.client.open_connections", "updowncounter", "{connection}", "Open HTTP client connections.",
-           ("http.connection.state", "server.address", "server.port")),
     Metric("http.server.request.duration", "histogram", "s", "Duration of HTTP server requests.",
            ("http.request.method", "http.route", "http.response.status_code", "url.scheme", _E), HTTP_BUCKETS),
     Metric("http.server.active_requests", "updowncounter", "{request}", "Number of active HTTP server requests.",

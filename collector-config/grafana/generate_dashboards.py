@@ -375,10 +375,7 @@ def pools() -> dict[str, Any]:
                        "create {{" + pool + "}}"),
                 target(quantile(0.95, m("db.client.connection.use_time", "_bucket"), sel, pool),
                        "use {{" + pool + "}}")], "s"), w=24)
-    lay.row("HTTP client connections")
-    lay.add(ts("Open HTTP connections", "HTTP client connections by state and peer.",
-               [target(gauge(m("http.client.open_connections"), SVC, "server_address, http_connection_state"),
-                       "{{server_address}} {{http_connection_state}}")]))
+    lay.row("HTTP client requests")
     lay.add(ts("Active HTTP requests", "HTTP client requests in progress per peer.",
                [target(gauge(m("http.client.active_requests"), SVC, "server_address"), "{{server_address}}")]))
     pool_var = var_query("pool", "Pool", f"label_values({count}{{{SVC}}}, {pool})", include_all=True)
