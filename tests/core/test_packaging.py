@@ -53,3 +53,15 @@ def test_no_client_library_is_imported_by_the_toolkit():
                                    "OTEL_LOGS_EXPORTER": "none"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_readme_metric_table_is_the_catalog():
+    from instrument._catalog import METRICS, prometheus_name
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.startswith("| `") and "_" in line and "| histogram |" in line
+            or line.startswith("| `") and any(f"| {k} |" in line for k in ("counter", "updowncounter", "gauge"))]
+    listed = {row.split("`")[1] for row in rows}
+    assert listed == {m.name for m in METRICS}
+    for m in METRICS:
+        assert f"`{prometheus_name(m)}`" in text
