@@ -339,10 +339,10 @@ def _start_upstream_ext() -> Any:
                 return
             super()._reply()
 
-        do_GET = do_POST = do_PUT = do_DELETE = _reply  # noqa: N815
+        do_GET = do_POST = do_PUT = do_DELETE = _reply
 
     class Ext(Upstream):
-        def __init__(self) -> None:  # noqa: D107 - Upstream's state, our handler
+        def __init__(self) -> None:
             ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), Handler)
             self.connections = 0
             self.lock = threading.Lock()
@@ -413,8 +413,11 @@ def urllib3_scenario(upstream: Any, dead: str) -> dict[str, Any]:
                  for h in r.retries.history]]
 
     out["redirects"] = _record(redirects)
-    out["no_redirect"] = _record(lambda: (lambda r: [r.status, r.headers["Location"], r.get_redirect_location()])(
-        pm.request("GET", base + "/redirect/1", redirect=False)))
+    def no_redirect() -> Any:
+        r = pm.request("GET", base + "/redirect/1", redirect=False)
+        return [r.status, r.headers["Location"], r.get_redirect_location()]
+
+    out["no_redirect"] = _record(no_redirect)
     out["too_many"] = _record(lambda: pm.request("GET", base + "/redirect/5", retries=Retry(redirect=2)),
                               extra=lambda e: type(getattr(e, "reason", None)).__name__)
     out["redirect_false_retry"] = _record(lambda: pm.request("GET", base + "/redirect/2",
@@ -425,9 +428,12 @@ def urllib3_scenario(upstream: Any, dead: str) -> dict[str, Any]:
         extra=lambda e: type(getattr(e, "reason", None)).__name__)
     out["retry_503_hits"] = upstream.hits("/status/503") - hits
     hits = upstream.hits("/status/503")
-    out["retry_503_noraise"] = _record(lambda: (lambda r: [r.status, len(r.retries.history)])(
-        pm.request("GET", base + "/status/503", retries=Retry(total=2, status_forcelist=[503], backoff_factor=0,
-                                                               raise_on_status=False))))
+    def noraise() -> Any:
+        r = pm.request("GET", base + "/status/503", retries=Retry(total=2, status_forcelist=[503], backoff_factor=0,
+                                                                   raise_on_status=False))
+        return [r.status, len(r.retries.history)]
+
+    out["retry_503_noraise"] = _record(noraise)
     out["retry_503_noraise_hits"] = upstream.hits("/status/503") - hits
     out["status_404"] = _record(lambda: pm.request("GET", base + "/missing").status)
     out["refused"] = _record(lambda: pm.request("GET", dead, retries=Retry(connect=1, backoff_factor=0)),
@@ -636,16 +642,14 @@ def aiohttp_scenario(upstream: Any, dead: str) -> dict[str, Any]:
             out["read_timeout"] = await _arecord(read_timeout())
 
         async def session_raise() -> Any:
-            async with aiohttp.ClientSession(raise_for_status=True) as s2:
-                async with s2.get(base + "/status/500") as r:
-                    return r.status
+            async with aiohttp.ClientSession(raise_for_status=True) as s2, s2.get(base + "/status/500") as r:
+                return r.status
 
         out["session_raise_for_status"] = await _arecord(session_raise(), extra=lambda e: e.status)
 
         async def refused() -> Any:
-            async with aiohttp.ClientSession() as s3:
-                async with s3.get(dead) as r:
-                    return r.status
+            async with aiohttp.ClientSession() as s3, s3.get(dead) as r:
+                return r.status
 
         out["refused"] = await _arecord(refused())
 
@@ -714,7 +718,7 @@ def psycopg2_scenario(dsn: str) -> dict[str, Any]:
     cur.copy_expert("COPY (SELECT id FROM diff_t WHERE id >= 200 ORDER BY id) TO STDOUT", buf)
     out["copy_expert"] = buf.getvalue()
     conn.commit()
-    pgcode = lambda e: [getattr(e, "pgcode", None), getattr(e, "pgerror", None),  # noqa: E731
+    pgcode = lambda e: [getattr(e, "pgcode", None), getattr(e, "pgerror", None),
                         getattr(getattr(e, "diag", None), "constraint_name", None)]
     out["unique_violation"] = _record(lambda: cur.execute("INSERT INTO diff_t VALUES (1, 'dup')"), extra=pgcode)
     out["in_failed_tx"] = _record(lambda: cur.execute("SELECT 1"), extra=pgcode)
@@ -724,10 +728,9 @@ def psycopg2_scenario(dsn: str) -> dict[str, Any]:
     conn.rollback()
     out["division"] = _record(lambda: cur.execute("SELECT 1/0"), extra=pgcode)
     conn.rollback()
-    with conn:
-        with conn.cursor() as c2:
-            c2.execute("INSERT INTO diff_t VALUES (300, 'ctx') RETURNING id")
-            out["returning"] = c2.fetchone()[0]
+    with conn, conn.cursor() as c2:
+        c2.execute("INSERT INTO diff_t VALUES (300, 'ctx') RETURNING id")
+        out["returning"] = c2.fetchone()[0]
     out["closed_cursor"] = [c2.closed, conn.closed]
     conn.autocommit = True
     out["callproc"] = _record(lambda: (cur.callproc("abs", (-5,)), cur.fetchone()[0])[1])
@@ -772,7 +775,7 @@ def pymysql_scenario(host: str, port: int) -> dict[str, Any]:
         with conn.cursor(pymysql.cursors.DictCursor) as dc:
             dc.execute(f"SELECT id, name FROM {table} WHERE id = %(i)s", {"i": 3})
             out["dict"] = dc.fetchall()
-        args = lambda e: list(getattr(e, "args", ()))  # noqa: E731
+        args = lambda e: list(getattr(e, "args", ()))
         out["integrity"] = _record(lambda: cur.execute(f"INSERT INTO {table} VALUES (1, 'dup')"), extra=args)
         conn.rollback()
         out["programming"] = _record(lambda: cur.execute("SELEC 1"), extra=args)
@@ -829,7 +832,7 @@ def sqlite3_scenario() -> dict[str, Any]:
     out["text_factory"] = conn.execute("SELECT name FROM t WHERE id = 1").fetchone()[0].decode()
     conn.text_factory = str
     out["iterdump"] = list(conn.iterdump())
-    code = lambda e: [list(e.args), getattr(e, "sqlite_errorname", None)]  # noqa: E731
+    code = lambda e: [list(e.args), getattr(e, "sqlite_errorname", None)]
     out["integrity"] = _record(lambda: conn.execute("INSERT INTO t (name) VALUES ('a')"), extra=code)
     out["operational"] = _record(lambda: conn.execute("SELEC 1"), extra=code)
     out["executemany_error"] = _record(lambda: conn.executemany("INSERT INTO t (name) VALUES (?)", [("z",), ("z",)]),
@@ -897,7 +900,7 @@ def asyncpg_scenario(dsn: str) -> dict[str, Any]:
             async with conn.transaction():
                 out["prepared_cursor"] = [r["id"] async for r in stmt.cursor(17)]
             out["copy"] = await conn.copy_records_to_table("diff_a", records=[(500, "c"), (501, "d")])
-            state = lambda e: [getattr(e, "sqlstate", None), getattr(e, "constraint_name", None)]  # noqa: E731
+            state = lambda e: [getattr(e, "sqlstate", None), getattr(e, "constraint_name", None)]
             out["unique"] = await _arecord(conn.execute("INSERT INTO diff_a VALUES (1, 'dup')"), extra=state)
             out["executemany_unique"] = await _arecord(conn.executemany("INSERT INTO diff_a VALUES ($1, $2)",
                                                                         [(600, "a"), (600, "b")]), extra=state)
