@@ -144,18 +144,52 @@ def client_endpoint(client: str, target: str, host: str, port: int, *, errors: A
                     status_of=status_of, apply_deadline=apply_deadline, client=client)
 
 
-def request_attributes(url: str, headers: Any) -> dict[str, Any]:
+_MISSING = object()
+_url_full: dict[str, str | None] = {}
+_url_full_for: list[Any] = [None]
+
+
+def url_full(url: str, settings: Any = None) -> str | None:
+    """The redacted ``url.full`` of ``url``, or None when INSTRUMENT_EXCLUDED_URLS excludes it.
+
+    Both answers depend only on the URL and the (frozen) settings, so they are cached per URL for the
+    settings object in force: a repeated URL costs one dict lookup.
+    """
+    if settings is None:
+        settings = _settings.active()
+    if settings is not _url_full_for[0]:  # re-init or a test's settings: forget old answers
+        _url_full.clear()
+        _url_full_for[0] = settings
+    found = _url_full.get(url, _MISSING)
+    if found is _MISSING:
+        found = None if is_excluded(url) else redact_url(url)
+        if len(_url_full) >= _CACHE_MAX:
+            _url_full.clear()
+        _url_full[url] = found
+    return found  # type: ignore[return-value]
+
+
+_METHOD_NAMES: dict[Any, str] = {m: m for m in KNOWN_METHODS}
+_METHOD_NAMES.update({m.encode(): m for m in KNOWN_METHODS})
+
+
+def method_of(method: str | bytes) -> str:
+    """:func:`method_name` with the known upper-case spellings (str or bytes) answered by one lookup."""
+    return _METHOD_NAMES.get(method) or method_name(method)
+
+
+def request_attributes(url: str, headers: Any, full: str | None = None, settings: Any = None) -> dict[str, Any]:
     """Per-call CLIENT span attributes: the redacted ``url.full`` and any allow-listed request headers."""
-    attributes: dict[str, Any] = {"url.full": redact_url(url)}
-    names = _settings.active().capture_request_headers
+    attributes: dict[str, Any] = {"url.full": redact_url(url) if full is None else full}
+    names = (settings or _settings.active()).capture_request_headers
     if names and headers is not None:
         attributes.update(header_attributes("request", names, headers))
     return attributes
 
 
-def response_capture() -> Any:
+def response_capture(settings: Any = None) -> Any:
     """An ``on_result`` callback recording allow-listed response headers, or None when none are listed."""
-    return _capture_response if _settings.active().capture_response_headers else None
+    return _capture_response if (settings or _settings.active()).capture_response_headers else None
 
 
 def _capture_response(span: Any, response: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from instrument import _context, _http
+from instrument import _context, _http, _settings
 from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
@@ -78,16 +78,22 @@ def _endpoint(url: httpx.URL) -> Endpoint:
     return found
 
 
-def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Any, dict[str, Any], Any] | None:
+def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Any, dict[str, Any], Any, Any] | None:
     request = args[0] if args else kwargs["request"]
-    url = str(request.url)
-    if _http.is_excluded(url):
+    request_url = request.url
+    url = str(request_url)
+    settings = _settings.active()
+    full = _http.url_full(url, settings)
+    if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return None
-    ep = _endpoint(request.url)
-    method = _http.method_name(request.method)
+    ep = _endpoint(request_url)
+    method = _http.method_of(request.method)
     headers = request.headers
     op = ep.op(method, idempotent=_http.is_idempotent(method, headers))
-    return ep, op, _http.request_attributes(url, headers), headers
+    attributes: dict[str, Any] = {"url.full": full}
+    if settings.capture_request_headers:
+        attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))
+    return ep, op, attributes, headers, _http.response_capture(settings)
 
 
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -96,9 +102,8 @@ def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
     prepared = _prepare(args, kwargs)
     if prepared is None:
         return wrapped(*args, **kwargs)
-    ep, op, attributes, headers = prepared
-    return ep.call(op, wrapped, args, kwargs, attributes=attributes, carrier=headers,
-                   on_result=_http.response_capture())
+    ep, op, attributes, headers, on_result = prepared
+    return ep.call(op, wrapped, args, kwargs, attributes=attributes, carrier=headers, on_result=on_result)
 
 
 async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -107,9 +112,8 @@ async def _asend(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     prepared = _prepare(args, kwargs)
     if prepared is None:
         return await wrapped(*args, **kwargs)
-    ep, op, attributes, headers = prepared
-    return await ep.acall(op, wrapped, args, kwargs, attributes=attributes, carrier=headers,
-                          on_result=_http.response_capture())
+    ep, op, attributes, headers, on_result = prepared
+    return await ep.acall(op, wrapped, args, kwargs, attributes=attributes, carrier=headers, on_result=on_result)
 
 
 def patch() -> None:

@@ -89,14 +89,15 @@ def _endpoint(url: str) -> Endpoint:
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     request = args[0] if args else kwargs.get("request")
     url = request.url
-    if _http.is_excluded(url):
+    settings = _settings.active()
+    full = _http.url_full(url, settings)
+    if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)
     ep = _endpoint(url)
-    method = _http.method_name(request.method or "GET")
+    method = _http.method_of(request.method or "GET")
     headers = request.headers
     op = ep.op(method, idempotent=_http.is_idempotent(method, headers))
-    settings = _settings.active()
-    attributes: dict[str, Any] = {"url.full": _http.redact_url(url)}
+    attributes: dict[str, Any] = {"url.full": full}
     if settings.capture_request_headers:
         attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))
     on_result = _capture_response if settings.capture_response_headers else None

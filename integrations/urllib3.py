@@ -22,7 +22,7 @@ import urllib3
 from urllib3 import exceptions as uex
 from urllib3.util.timeout import Timeout
 
-from instrument import _context, _http
+from instrument import _context, _http, _settings
 from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
@@ -114,7 +114,9 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     ep, base = _endpoint(instance)
     if full is None:
         full = base + (url if url.startswith("/") else "/" + url)
-    if _http.is_excluded(full):
+    settings = _settings.active()
+    redacted = _http.url_full(full, settings)
+    if redacted is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)
     if len(args) > 3:  # headers passed positionally: move them to kwargs so we can hand over a copy
         args, kwargs = args[:3], {**kwargs, **dict(zip(("headers", "retries", "redirect", "assert_same_host",
@@ -126,10 +128,13 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     kwargs["headers"] = headers
     if "timeout" not in kwargs:
         kwargs["timeout"] = instance.timeout  # what urlopen uses by default; lets a deadline start from it
-    name = _http.method_name(method)
+    name = _http.method_of(method)
     op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
-    return ep.call(op, wrapped, args, kwargs, attributes=_http.request_attributes(full, headers), carrier=headers,
-                   on_result=_http.response_capture())
+    attributes: dict[str, Any] = {"url.full": redacted}
+    if settings.capture_request_headers:
+        attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))
+    return ep.call(op, wrapped, args, kwargs, attributes=attributes, carrier=headers,
+                   on_result=_http.response_capture(settings))
 
 
 def patch() -> None:
