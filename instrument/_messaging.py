@@ -111,14 +111,25 @@ def consumer_endpoint(client: Endpoint) -> Endpoint:
                     server_port=client.server_port, errors=client.errors, policies=False)
 
 
+_SEND = {"messaging.operation.type": "send"}
+_publish_ops: dict[tuple[Endpoint, str | None, bool, str], Op] = {}
+
+
 def publish_op(ep: Endpoint, destination: str | None, *, idempotent: bool = False, name: str = "publish") -> Op:
     """``publish <destination>``: a PRODUCER span counted in ``messaging.client.sent.messages``.
 
     ``idempotent``: pass True when the message carries an id consumers can deduplicate on; only then
     may a Retry policy publish it again.
     """
-    return ep.op(name, destination or None, span_kind=SpanKind.PRODUCER, counter=SENT, idempotent=idempotent,
-                 attributes={"messaging.operation.type": "send"})
+    key = (ep, destination, idempotent, name)
+    found = _publish_ops.get(key)
+    if found is None:
+        found = ep.op(name, destination or None, span_kind=SpanKind.PRODUCER, counter=SENT, idempotent=idempotent,
+                      attributes=_SEND)
+        if len(_publish_ops) >= 1024:
+            _publish_ops.clear()
+        _publish_ops[key] = found
+    return found
 
 
 def receive_op(ep: Endpoint, destination: str | None, *, name: str = "receive") -> Op:

@@ -25,7 +25,7 @@ import pika
 from pika import exceptions as pex
 from pika.adapters import blocking_connection
 
-from instrument import _messaging
+from instrument import _context, _messaging
 from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
@@ -38,6 +38,8 @@ SETTLE = tuple(Target(m, f"{c}.basic_{n}") for m, c in ((_B, "BlockingChannel"),
 GET = (Target(_B, "BlockingChannel.basic_get"),)
 GENERATOR = (Target(_B, "BlockingChannel.consume"),)
 TARGETS = PUBLISH + CONSUME + SETTLE + GET + GENERATOR
+
+_suppressed = _context.suppressed
 
 
 def _is_failure(exc: BaseException) -> bool:
@@ -55,12 +57,22 @@ ERRORS = ClientErrors(
 )
 
 
+_by_params: dict[tuple[Any, Any], Endpoint] = {}
+
+
 def _endpoint(channel: Any) -> Endpoint:
     impl = getattr(channel, "_impl", channel)
     params = getattr(getattr(impl, "connection", None), "params", None)
     host = getattr(params, "host", None) or "localhost"
     port = getattr(params, "port", None) or 5672
-    return _messaging.client_endpoint("rabbitmq", host, port, ERRORS)
+    key = (host, port)
+    found = _by_params.get(key)
+    if found is None:
+        found = _messaging.client_endpoint("rabbitmq", host, port, ERRORS)
+        if len(_by_params) > 1024:
+            _by_params.clear()
+        _by_params[key] = found
+    return found
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any = None) -> Any:
@@ -74,6 +86,12 @@ _PUBLISH_ARGS = ("exchange", "routing_key", "body", "properties", "mandatory")
 
 
 def _publish(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _suppressed.get():
+        # Inside another call of ours (BlockingChannel.basic_publish -> Channel.basic_publish): no span here;
+        # the outer call already gave the message properties with headers, so there is nothing to prepare.
+        given = args[3] if len(args) > 3 else kwargs.get("properties")
+        if given is not None and given.headers is not None:
+            return wrapped(*args, **kwargs)
     bound = dict(zip(_PUBLISH_ARGS, args))
     bound.update(kwargs)
     exchange = bound.get("exchange") or ""
