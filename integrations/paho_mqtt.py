@@ -14,6 +14,7 @@ switch off with INSTRUMENT_DISABLED_INTEGRATIONS=paho_mqtt.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from opentelemetry.trace import Status, StatusCode
@@ -69,11 +70,13 @@ def _with_user_properties(wrapped: Any, carrier: dict[str, str]) -> Any:
     # The pipeline injects into `carrier` just before calling; copy it into the PUBLISH properties then.
     def publish(**bound: Any) -> Any:
         if carrier:
-            props = bound.get("properties")
-            if props is None:
-                props = bound["properties"] = Properties(PacketTypes.PUBLISH)
-            for key, value in carrier.items():
-                props.UserProperty = (key, value)  # paho appends to the list of user properties
+            # A copy: the caller may reuse its Properties, which must not pile up stale trace context.
+            given = bound.get("properties")
+            props = copy.deepcopy(given) if given is not None else Properties(PacketTypes.PUBLISH)
+            kept = [(k, v) for k, v in getattr(props, "UserProperty", ()) if k not in carrier]
+            # paho's setter appends to UserProperty; the whole list is replaced here.
+            object.__setattr__(props, "UserProperty", kept + list(carrier.items()))
+            bound["properties"] = props
         return wrapped(**bound)
 
     return publish
