@@ -133,8 +133,18 @@ def _command_name(args: tuple[Any, ...]) -> str:
     return str(name).split(" ", 1)[0].upper()[:64]
 
 
+_names: dict[Any, str] = {}  # args[0] (str or bytes) -> its command name
+
+
 def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mapping[str, Any] | None]:
-    name = _command_name(args)
+    first = args[0] if args else None
+    name = _names.get(first) if first.__class__ is str or first.__class__ is bytes else None
+    if name is None:
+        name = _command_name(args)
+        if first.__class__ is str or first.__class__ is bytes:
+            if len(_names) >= 1024:
+                _names.clear()
+            _names[first] = name
     describer = COMMAND_DESCRIBERS.get(name)
     if describer is not None:
         try:
