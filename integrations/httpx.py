@@ -65,6 +65,9 @@ def _status(response: Any) -> int | None:
 _by_origin: dict[tuple[bytes, bytes, int | None], Endpoint] = {}
 
 
+_by_url: dict[str, Endpoint] = {}  # str(request.url) -> its origin's endpoint: one lookup for a repeated URL
+
+
 def _endpoint(url: httpx.URL) -> Endpoint:
     key = (url.raw_scheme, url.raw_host, url.port)
     found = _by_origin.get(key)
@@ -86,7 +89,12 @@ def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, A
     full = _http.url_full(url, settings)
     if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return None
-    ep = _endpoint(request_url)
+    ep = _by_url.get(url)
+    if ep is None:
+        ep = _endpoint(request_url)
+        if len(_by_url) >= 2048:
+            _by_url.clear()
+        _by_url[url] = ep
     method = _http.method_of(request.method)
     headers = request.headers
     op = ep.op(method, idempotent=_http.is_idempotent(method, headers))

@@ -75,7 +75,20 @@ def _origin_of(url: str) -> str:
     return url if end < 0 else url[:end]
 
 
+_by_url: dict[str, Endpoint] = {}  # the same URLs come back call after call: one lookup for them
+
+
 def _endpoint(url: str) -> Endpoint:
+    found = _by_url.get(url)
+    if found is None:
+        found = _origin_endpoint(url)
+        if len(_by_url) >= 2048:
+            _by_url.clear()
+        _by_url[url] = found
+    return found
+
+
+def _origin_endpoint(url: str) -> Endpoint:
     key = _origin_of(url)
     found = _by_origin.get(key)
     if found is None:
