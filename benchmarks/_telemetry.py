@@ -69,10 +69,10 @@ def install(otlp_endpoint: str | None = None) -> Telemetry:
     """Install the global providers and ``instrument.init()`` with no integration hooked (we toggle them)."""
     # The toolkit's readers (as instrument.init() installs them) export its in-place duration histograms;
     # contrib's instruments go through the same readers as ordinary SDK instruments.
-    from instrument import _histograms
+    from instrument import _aggregates
 
     resource = Resource({"service.name": "benchmarks"})
-    _histograms.enable(resource)
+    _aggregates.enable(resource)
     sampler = SwitchSampler()
     tp = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
     counter = CountingProcessor()
@@ -84,7 +84,7 @@ def install(otlp_endpoint: str | None = None) -> Telemetry:
 
         tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
 
-        class OtlpReader(_histograms.MergingReader, PeriodicExportingMetricReader):
+        class OtlpReader(_aggregates.MergingReader, PeriodicExportingMetricReader):
             pass
 
         reader: Any = OtlpReader(OTLPMetricExporter(endpoint=otlp_endpoint, insecure=True),
@@ -95,7 +95,7 @@ def install(otlp_endpoint: str | None = None) -> Telemetry:
 
         tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
 
-        class MemoryReader(_histograms.MergingReader, InMemoryMetricReader):
+        class MemoryReader(_aggregates.MergingReader, InMemoryMetricReader):
             pass
 
         reader = MemoryReader()

@@ -131,14 +131,14 @@ class Op:
         self.idempotent = idempotent
         self.span_attributes = span_attributes
         self.metric_base = metric_base
-        self._metric_attrs: dict[tuple[int | None, str | None], tuple[dict[str, Any], Any]] = {}
+        self._metric_attrs: dict[tuple[int | None, str | None], tuple[dict[str, Any], Any, Any]] = {}
 
     def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
         """The (cached, shared, never mutated) metric attributes for one outcome."""
         return self.outcome(status, error)[0]
 
-    def outcome(self, status: int | None, error: str | None) -> tuple[dict[str, Any], Any]:
-        """Metric attributes for one outcome and the duration histogram bound to them (both cached)."""
+    def outcome(self, status: int | None, error: str | None) -> tuple[dict[str, Any], Any, Any]:
+        """Metric attributes for one outcome, and the histogram and counter bound to them (all cached)."""
         key = (status, error)
         found = self._metric_attrs.get(key)
         if found is None:
@@ -147,7 +147,7 @@ class Op:
                 attrs["http.response.status_code"] = status
             if error is not None:
                 attrs["error.type"] = error
-            found = (attrs, self.histogram.bind(attrs))
+            found = (attrs, self.histogram.bind(attrs), self.counter.bind(attrs) if self.counter else None)
             if len(self._metric_attrs) < 64:
                 self._metric_attrs[key] = found
         return found
@@ -397,10 +397,10 @@ class Endpoint:
                     else:
                         span.set_status(Status(_ERROR))
             span.end()
-            attrs, histogram = op.outcome(status, error)
+            _attrs, histogram, counter = op.outcome(status, error)
             histogram.record(duration, span.get_span_context())  # a sampled span becomes the exemplar
-            if op.counter is not None:
-                op.counter.add(state.count, attrs)
+            if counter is not None:
+                counter.add(state.count)
             if error is not None or duration >= _slow_threshold[0]:
                 _log_call(self, state, duration, status, error, exc)
         except Exception as internal:  # noqa: BLE001 - never let our code break the call

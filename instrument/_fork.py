@@ -143,10 +143,10 @@ def _reset_toolkit_state() -> None:
     except ImportError:  # pragma: no cover
         pass
     _context.generation.bump()  # every endpoint rebuilds its chain (new policy objects) on next call
-    from instrument import _export, _histograms
+    from instrument import _export, _aggregates
 
     _export.reset()
-    _histograms.forget_recorded()  # the parent's calls are the parent's to report
+    _aggregates.forget_recorded()  # the parent's calls are the parent's to report
 
 
 def _owned(providers: Any) -> list[Any]:

@@ -30,19 +30,22 @@ def meter() -> metrics.Meter:
 def get(name: str) -> Any:
     """The instrument for catalog metric ``name`` (histograms carry the advisory bucket boundaries).
 
-    Histograms are aggregated in place (:mod:`instrument._histograms`) when the toolkit's own reader
+    Histograms are aggregated in place (:mod:`instrument._aggregates`) when the toolkit's own reader
     exports them; both kinds offer ``record(value, attributes)`` and ``bind(attributes).record(value)``.
     """
     spec = BY_NAME[name]
     m = meter()
     if spec.instrument == "histogram":
-        from instrument import _histograms
+        from instrument import _aggregates
 
-        return _histograms.histogram(spec, lambda: m.create_histogram(
+        return _aggregates.histogram(spec, lambda: m.create_histogram(
             spec.name, unit=spec.unit, description=spec.description,
             explicit_bucket_boundaries_advisory=list(spec.buckets or ())))
     if spec.instrument == "counter":
-        return m.create_counter(spec.name, unit=spec.unit, description=spec.description)
+        from instrument import _aggregates
+
+        return _aggregates.counter(spec, lambda: m.create_counter(spec.name, unit=spec.unit,
+                                                                  description=spec.description))
     if spec.instrument == "updowncounter":
         return m.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
     raise ValueError(f"{name} is observable: use observe()")

@@ -200,14 +200,14 @@ def setup(settings: Settings) -> Providers:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        from instrument import _histograms
+        from instrument import _aggregates
 
-        class _Reader(_histograms.MergingReader, PeriodicExportingMetricReader):
+        class _Reader(_aggregates.MergingReader, PeriodicExportingMetricReader):
             """The periodic reader, exporting the toolkit's in-place histograms with the SDK's metrics."""
 
         readers = []
         if settings.metrics.kind != "none":
-            _histograms.enable(resource)
+            _aggregates.enable(resource)
             readers.append(_Reader(
                 _export.CountingExporter(_exporter("metrics", settings.metrics), "metrics"),
                 export_interval_millis=settings.metric_export_interval * 1000,

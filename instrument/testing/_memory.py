@@ -36,9 +36,9 @@ def _install() -> dict[str, Any]:
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        from instrument import _histograms, _instruments
+        from instrument import _aggregates, _instruments
 
-        class _Reader(_histograms.MergingReader, InMemoryMetricReader):
+        class _Reader(_aggregates.MergingReader, InMemoryMetricReader):
             """In-memory, with the toolkit's in-place histograms, exactly as the OTLP reader exports them."""
 
         resource = Resource({"service.name": "test"})
@@ -46,7 +46,7 @@ def _install() -> dict[str, Any]:
         tp = TracerProvider(resource=resource, shutdown_on_exit=False)
         tp.add_span_processor(SimpleSpanProcessor(spans))
         reader = _Reader()
-        _histograms.enable(resource)
+        _aggregates.enable(resource)
         _instruments.reset()  # instruments made before now would bypass the in-place histograms
         mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
         logs = InMemoryLogRecordExporter()
@@ -76,9 +76,14 @@ class Capture:
         self._parts = parts
 
     def clear(self) -> None:
+        """Start from nothing: the toolkit's in-place metrics are zeroed (an SDK instrument's cumulative
+        points, e.g. another library's, stay)."""
+        from instrument import _aggregates
+
         self._parts["spans"].clear()
         self._parts["logs"].clear()
-        self._parts["reader"].get_metrics_data()  # drains delta state; cumulative points stay
+        self._parts["reader"].get_metrics_data()
+        _aggregates.forget_recorded()
 
     # spans
     def spans(self, name: str | None = None, **attributes: Any) -> list[Any]:
