@@ -69,34 +69,47 @@ class Bound:
             return self.count, self.sum, self.min, self.max, list(self.counts), list(self.exemplars)
 
 
-class FastHistogram:
-    """A catalog histogram whose attribute sets are :class:`Bound` once and recorded cheaply."""
+class _Fast:
+    """A catalog instrument whose attribute sets are each bound once (bounded, like the SDK's own limit)."""
 
     def __init__(self, spec: Metric) -> None:
         self.spec = spec
-        self.bounds = tuple(spec.buckets or ())
-        self._bound: dict[frozenset[tuple[str, Any]], Bound] = {}
+        self._bound: dict[frozenset[tuple[str, Any]], Any] = {}
         self._lock = threading.Lock()
 
-    def bind(self, attributes: Mapping[str, Any]) -> Bound:
+    def _new(self, attributes: Mapping[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def bind(self, attributes: Mapping[str, Any]) -> Any:
         key = frozenset(attributes.items())
         found = self._bound.get(key)
         if found is None:
             with self._lock:
                 found = self._bound.get(key)
                 if found is None:
-                    found = Bound(self.bounds, attributes)
-                    if len(self._bound) < 2000:  # bounded cardinality, like the SDK's own limit
+                    found = self._new(attributes)
+                    if len(self._bound) < 2000:
                         self._bound[key] = found
         return found
+
+    def bounds_list(self) -> list[Any]:
+        with self._lock:
+            return list(self._bound.values())
+
+
+class FastHistogram(_Fast):
+    """A catalog histogram: each attribute set a :class:`Bound`."""
+
+    def __init__(self, spec: Metric) -> None:
+        super().__init__(spec)
+        self.bounds = tuple(spec.buckets or ())
+
+    def _new(self, attributes: Mapping[str, Any]) -> Bound:
+        return Bound(self.bounds, attributes)
 
     def record(self, value: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
         """Drop-in for the SDK's ``Histogram.record`` (``context`` is accepted and ignored)."""
         self.bind(attributes or {}).record(value)
-
-    def bounds_list(self) -> list[Bound]:
-        with self._lock:
-            return list(self._bound.values())
 
 
 class BoundSum:
@@ -114,59 +127,19 @@ class BoundSum:
             self.total += amount
 
 
-class FastCounter:
-    """A catalog counter whose attribute sets are :class:`BoundSum` once and added to cheaply."""
+class FastCounter(_Fast):
+    """A catalog counter: each attribute set a :class:`BoundSum`."""
 
-    def __init__(self, spec: Metric) -> None:
-        self.spec = spec
-        self._bound: dict[frozenset[tuple[str, Any]], BoundSum] = {}
-        self._lock = threading.Lock()
-
-    def bind(self, attributes: Mapping[str, Any]) -> BoundSum:
-        key = frozenset(attributes.items())
-        found = self._bound.get(key)
-        if found is None:
-            with self._lock:
-                found = self._bound.get(key)
-                if found is None:
-                    found = BoundSum(attributes)
-                    if len(self._bound) < 2000:
-                        self._bound[key] = found
-        return found
+    def _new(self, attributes: Mapping[str, Any]) -> BoundSum:
+        return BoundSum(attributes)
 
     def add(self, amount: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
         """Drop-in for the SDK's ``Counter.add``."""
         self.bind(attributes or {}).add(amount)
 
-    def bounds_list(self) -> list[BoundSum]:
-        with self._lock:
-            return list(self._bound.values())
-
-
-class _SdkBoundSum:
-    __slots__ = ("attributes", "instrument")
-
-    def __init__(self, instrument: Any, attributes: Mapping[str, Any]) -> None:
-        self.instrument = instrument
-        self.attributes = dict(attributes)
-
-    def add(self, amount: float = 1) -> None:
-        self.instrument.add(amount, self.attributes)
-
-
-class _SdkCounter:
-    def __init__(self, instrument: Any) -> None:
-        self.instrument = instrument
-
-    def bind(self, attributes: Mapping[str, Any]) -> _SdkBoundSum:
-        return _SdkBoundSum(self.instrument, attributes)
-
-    def add(self, amount: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
-        self.instrument.add(amount, attributes, context)
-
 
 class _SdkBound:
-    """The fallback when no reader of ours exists: the SDK's histogram with the attributes fixed."""
+    """The fallback when no reader of ours exists: the SDK's instrument with the attributes fixed."""
 
     __slots__ = ("attributes", "instrument")
 
@@ -177,8 +150,13 @@ class _SdkBound:
     def record(self, value: float, span_context: Any = None) -> None:
         self.instrument.record(value, self.attributes)
 
+    def add(self, amount: float = 1) -> None:
+        self.instrument.add(amount, self.attributes)
 
-class _SdkHistogram:
+
+class _Sdk:
+    """The SDK's histogram or counter, offering ``bind`` like ours."""
+
     def __init__(self, instrument: Any) -> None:
         self.instrument = instrument
 
@@ -187,6 +165,9 @@ class _SdkHistogram:
 
     def record(self, value: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
         self.instrument.record(value, attributes, context)
+
+    def add(self, amount: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
+        self.instrument.add(amount, attributes, context)
 
 
 def enable(resource: Any) -> None:
@@ -202,7 +183,7 @@ def enabled() -> bool:
 def histogram(spec: Metric, make_sdk: Any) -> Any:
     """The histogram for ``spec``: aggregated in place when a reader of ours exports it, else the SDK's."""
     if not _state["enabled"]:
-        return _SdkHistogram(make_sdk())
+        return _Sdk(make_sdk())
     with _lock:
         found = _histograms.get(spec.name)
         if found is None:
@@ -213,7 +194,7 @@ def histogram(spec: Metric, make_sdk: Any) -> Any:
 def counter(spec: Metric, make_sdk: Any) -> Any:
     """The counter for ``spec``: summed in place when a reader of ours exports it, else the SDK's."""
     if not _state["enabled"]:
-        return _SdkCounter(make_sdk())
+        return _Sdk(make_sdk())
     with _lock:
         found = _counters.get(spec.name)
         if found is None:
