@@ -89,15 +89,11 @@ def _self_check(spec: Any, vs: list[harness.Variant], tel: Any) -> str:
     return "ok" if not bad else "spans " + ", ".join(f"{k}={n}" for k, n in bad.items())
 
 
-def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tuple[Table, list[dict[str, Any]],
-                                                                                Table | None]:
+def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tuple[Table, list[dict[str, Any]]]:
     table = Table("Per-call overhead vs OpenTelemetry contrib (µs; median (min..max) over rounds)",
                   ["operation", "bare µs", "A/A Δ", "ours Δ", "ours+bt Δ", "contrib Δ", "ours/contrib",
                    "ours+bt/contrib", "sampled-out Δ", "check"])
     summary = []
-    proposals = Table("Proposed hot-path changes (benchmarks/proposals/), emulated at run time, same rounds",
-                      ["operation", "ours+bt Δ now", "ours+bt Δ proposed", "contrib Δ", "now/contrib",
-                       "proposed/contrib"])
     for key in keys:
         spec = load(key)
         missing = missing_integrations(spec)
@@ -112,7 +108,7 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
         except ImportError as exc:
             table.notes.append(f"{spec.title}: skipped, contrib instrumentor not installed ({exc})")
             continue
-        vs = variants(spec, ctx, tel, proposals=args.proposals)
+        vs = variants(spec, ctx, tel)
         try:
             check = _self_check(spec, vs, tel)
             rounds = args.rounds or (3 if args.quick else 60)
@@ -132,10 +128,7 @@ def run_ops(keys: list[str], args: argparse.Namespace, tel: Any, ctx: Ctx) -> tu
                   res.overhead("ours sampled-out").fmt(), check)
         summary.append({"op": spec.title, "ratio_bt": r_bt, "sampled_out": res.overhead("ours sampled-out").median,
                         "check": check})
-        if args.proposals:
-            proposals.add(spec.title, res.overhead("ours+bt").fmt(), res.overhead("proposed").fmt(),
-                          res.overhead("contrib").fmt(), _ratio(r_bt), _ratio(res.ratio("proposed", "contrib")))
-    return table, summary, (proposals if args.proposals else None)
+    return table, summary
 
 
 def run_policies(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> tuple[Table, dict[str, float]]:
@@ -195,8 +188,10 @@ def run_startup(args: argparse.Namespace) -> tuple[Table, float]:
     from benchmarks import startup
 
     runs = 3 if args.quick else 15
-    res = startup.measure(runs)
-    table = Table(f"`import instrument.auto` (every integration registered), ms over {runs} fresh interpreters",
+    res = startup.measure(runs, args.clock)
+    clock = "CPU" if args.clock == "cpu" else "elapsed"
+    table = Table(f"`import instrument.auto` (every integration registered), ms of {clock} time over {runs} "
+                  "fresh interpreters",
                   ["configuration", "median", "min", "max"])
     for name, s in res.items():
         table.add(name, f"{s['median']:.1f}", f"{s['min']:.1f}", f"{s['max']:.1f}")
@@ -228,8 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--otlp", action="store_true", help="real OTLP/gRPC exporters to a local sink")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    p.add_argument("--proposals", action="store_true",
-                   help="also time the proposed hot-path changes (benchmarks/proposals/) as a variant")
     p.add_argument("--clock", choices=harness.CLOCKS, default="cpu",
                    help="cpu: this process's CPU time (robust on a shared machine; the default); wall: elapsed time")
     p.add_argument("--block", choices=("median", "min"), default="min",
@@ -260,10 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             if any(load(k).needs_http for k in keys):
                 http = servers.Subprocess("http")
                 ctx.http_port = http.port
-            table, summary, proposed = run_ops(keys, args, tel, ctx)
+            table, summary = run_ops(keys, args, tel, ctx)
             tables.append(table)
-            if proposed is not None:
-                tables.append(proposed)
             for s in summary:
                 ok = s["ratio_bt"] is not None and s["ratio_bt"] <= TARGETS["ratio"]
                 verdicts.append(f"{'MET ' if ok else 'MISS'} {s['op']}: ours+bt/contrib {_ratio(s['ratio_bt'])} "

@@ -8,6 +8,7 @@ The sampler can be switched to always_off at run time, for the sampled-out varia
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 
 
 class NullSpanExporter(SpanExporter):
@@ -28,22 +29,31 @@ class NullSpanExporter(SpanExporter):
         return None
 
 
-class SwitchSampler(Sampler):
-    """parentbased_always_on, or always_off while ``off`` is set (the sampled-out variant)."""
+class SamplerSwitch:
+    """parentbased_always_on, or always_off while sampled out (the sampled-out variant, same run).
 
-    def __init__(self) -> None:
+    The SDK's own samplers on every tracer the provider made, swapped in place: a sampler class of our
+    own would make every span take the SDK's generic path, which is not what an application runs.
+    """
+
+    def __init__(self, tp: TracerProvider) -> None:
+        self.tp = tp
         self.on = ParentBased(ALWAYS_ON)
-        self.off = ALWAYS_OFF
-        self.current: Sampler = self.on
+        self.tracers: weakref.WeakSet[Any] = weakref.WeakSet()
+        made = tp.get_tracer
+
+        def get_tracer(*args: Any, **kwargs: Any) -> Any:
+            tracer = made(*args, **kwargs)
+            self.tracers.add(tracer)
+            return tracer
+
+        tp.get_tracer = get_tracer  # type: ignore[method-assign]
 
     def sampled_out(self, value: bool) -> None:
-        self.current = self.off if value else self.on
-
-    def should_sample(self, *args: Any, **kwargs: Any) -> Any:
-        return self.current.should_sample(*args, **kwargs)
-
-    def get_description(self) -> str:
-        return "SwitchSampler"
+        sampler = ALWAYS_OFF if value else self.on
+        self.tp.sampler = sampler
+        for tracer in self.tracers:
+            tracer.sampler = sampler
 
 
 class CountingProcessor(SpanProcessor):
@@ -60,7 +70,7 @@ class CountingProcessor(SpanProcessor):
 class Telemetry:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
-    sampler: SwitchSampler
+    sampler: SamplerSwitch
     counter: CountingProcessor
     mode: str
 
@@ -73,8 +83,8 @@ def install(otlp_endpoint: str | None = None) -> Telemetry:
 
     resource = Resource({"service.name": "benchmarks"})
     _aggregates.enable(resource)
-    sampler = SwitchSampler()
-    tp = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
+    tp = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON), shutdown_on_exit=False)
+    sampler = SamplerSwitch(tp)
     counter = CountingProcessor()
     tp.add_span_processor(counter)
     if otlp_endpoint:

@@ -25,10 +25,11 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from instrument import _context, _instruments
+from instrument import _context, _instruments, _span
 from instrument._safety import report
 from instrument.errors import Rejected
 
@@ -46,6 +47,29 @@ def _otel_suppressed() -> bool:
     return bool(_get_current_context().get(_SUPPRESS_KEY))
 
 _set_span_in_context = trace.set_span_in_context
+_start_span = _span.start
+_get_value = otel_context.get_value
+_w3c_textmap: list[Any] = [None]  # set by _otel._setup_propagators to the composite it installed, if plain W3C
+
+
+def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
+    """``propagate.inject(carrier, set_span_in_context(span))``, written directly for the default propagators.
+
+    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed
+    and the context carries no baggage, all the generic path would write is ``traceparent`` (and
+    ``tracestate``), byte for byte as below. Anything else (b3, jaeger, baggage, an application's
+    propagator) takes the generic path.
+    """
+    textmap = propagate.get_global_textmap()
+    if textmap is _w3c_textmap[0] and not _get_value(_BAGGAGE_KEY):
+        sc = span.get_span_context()
+        if sc.is_valid:
+            carrier["traceparent"] = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+            if sc.trace_state:
+                carrier["tracestate"] = sc.trace_state.to_header()
+        return
+    textmap.inject(carrier, context=_set_span_in_context(span))
+
 _ERROR = StatusCode.ERROR
 _CancelledError = asyncio.CancelledError
 
@@ -116,7 +140,7 @@ class Op:
     """
 
     __slots__ = ("counter", "endpoint", "histogram", "idempotent", "metric_base", "name",
-                 "span_attributes", "span_kind", "span_name", "subject", "_metric_attrs")
+                 "span_attributes", "span_kind", "span_name", "subject", "_metric_attrs", "_span_template")
 
     def __init__(self, endpoint: Endpoint, name: str, subject: str | None, *, span_name: str,
                  span_kind: SpanKind, histogram: str, counter: str | None, idempotent: bool,
@@ -132,6 +156,7 @@ class Op:
         self.span_attributes = span_attributes
         self.metric_base = metric_base
         self._metric_attrs: dict[tuple[int | None, str | None], tuple[dict[str, Any], Any, Any]] = {}
+        self._span_template: Any = None  # span_attributes validated once (instrument._span)
 
     def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
         """The (cached, shared, never mutated) metric attributes for one outcome."""
@@ -343,11 +368,10 @@ class Endpoint:
 
     def _start(self, op: Op, attributes: Mapping[str, Any] | None, carrier: MutableMapping[str, str] | None,
                parent: Any, links: Any) -> CallState:
-        attrs = op.span_attributes if not attributes else {**op.span_attributes, **attributes}
-        span = _instruments.tracer().start_span(op.span_name, context=parent, kind=op.span_kind,
-                                                attributes=attrs, links=links)
+        span, op._span_template = _start_span(_instruments.tracer(), op.span_name, op.span_kind,
+                                              op.span_attributes, op._span_template, attributes, parent, links)
         if carrier is not None:
-            propagate.inject(carrier, context=_set_span_in_context(span))
+            _inject(carrier, span)
         state = CallState(op, span, _perf())
         if self.kind == "http":  # http.client.active_requests
             self._in_flight.add(id(state))

@@ -232,22 +232,26 @@ class _Watchdog:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # arm/disarm run per statement: a plain lock (C-level enter/exit); the condition shares it
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._heap: list[tuple[float, int, int, str]] = []  # (due, seq, handle, "cancel" | "grace" | "late")
         self._armed: dict[int, _Armed] = {}
         self._ids = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # reset by the thread itself when it ends
+        self._pid = 0  # the process that started it: a forked child starts its own
 
     def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
         handle = next(self._ids)
         due = time.monotonic() + seconds
-        with self._cond:
+        with self._lock:
             # The thread sleeps until the earliest due time: wake it only when this one comes sooner (or it
             # is not running). Waking it per statement would cost a thread switch on every query.
             wake = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, handle, handle, "cancel"))
             self._armed[handle] = _Armed(cancel, target, abort)
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None or self._pid != os.getpid():
+                self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
                 self._thread.start()
             elif wake:
@@ -256,13 +260,21 @@ class _Watchdog:
 
     def disarm(self, handle: int) -> bool:
         """Forget a finished statement; True when the watchdog aborted its connection."""
-        with self._cond:
+        with self._lock:
             armed = self._armed.pop(handle, None)
         return armed is not None and armed.aborted
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _loop(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while self._heap and self._heap[0][2] not in self._armed:
                     heapq.heappop(self._heap)
                 if not self._heap:

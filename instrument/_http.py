@@ -149,6 +149,20 @@ _url_full: dict[str, str | None] = {}
 _url_full_for: list[Any] = [None]
 
 
+def remember(cache: dict[Any, Any], key: Any, build: Any, arg: Any, limit: int = 2048) -> Any:
+    """``cache[key]``, made by ``build(arg)`` on a miss; the cache is emptied when it reaches ``limit``.
+
+    Callers look the key up themselves first (one dict lookup on the hot path) and call this on a miss.
+    """
+    found = cache.get(key)
+    if found is None:
+        found = build(arg)
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = found
+    return found
+
+
 def url_full(url: str, settings: Any = None) -> str | None:
     """The redacted ``url.full`` of ``url``, or None when INSTRUMENT_EXCLUDED_URLS excludes it.
 

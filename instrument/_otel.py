@@ -103,7 +103,7 @@ class Deferred:
     Importing gRPC and the OTLP protobuf modules takes about 100 ms; a service should not wait for it at
     start-up, and the first export happens in the background anyway. A metric exporter's temporality and
     aggregation preferences (read by the metric reader at construction) come from the OTLP exporters' own
-    logic, which does not need gRPC.
+    logic (:func:`_metric_preferences`).
     """
 
     _instances: Any = None  # a WeakSet of every Deferred, for the fork guard
@@ -119,15 +119,7 @@ class Deferred:
             Deferred._instances = weakref.WeakSet()  # instrument._fork holds their locks across fork()
         Deferred._instances.add(self)
         if metrics:
-            from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import OTLPMetricExporterMixin
-
-            class _Preferences(OTLPMetricExporterMixin):
-                def __init__(self) -> None:
-                    self._common_configuration()
-
-            preferences = _Preferences()
-            self._preferred_temporality = preferences._preferred_temporality
-            self._preferred_aggregation = preferences._preferred_aggregation
+            self._preferred_temporality, self._preferred_aggregation = _metric_preferences()
 
     def _exporter(self) -> Any:
         if self._real is None:
@@ -150,6 +142,31 @@ class Deferred:
         if real is None:
             raise AttributeError(name)
         return getattr(real, name)
+
+
+_PREFERENCE_VARIABLES = ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                         "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")
+
+
+def _metric_preferences() -> tuple[Any, Any]:
+    """The OTLP metric exporters' temporality and aggregation preferences, from their own code.
+
+    That code lives beside the protobuf encoder (~20 ms to import). Unless one of its two variables is
+    set, its answer is cumulative everywhere (the reader's default) and explicit-bucket histograms.
+    """
+    if not any(os.environ.get(name) for name in _PREFERENCE_VARIABLES):
+        from opentelemetry.sdk.metrics import Histogram
+        from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation
+
+        return None, {Histogram: ExplicitBucketHistogramAggregation()}
+    from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import OTLPMetricExporterMixin
+
+    class _Preferences(OTLPMetricExporterMixin):
+        def __init__(self) -> None:
+            self._common_configuration()
+
+    preferences = _Preferences()
+    return preferences._preferred_temporality, preferences._preferred_aggregation
 
 
 def _exporter(signal: str, exp: Exporter) -> Any:
@@ -259,7 +276,13 @@ def _setup_propagators(settings: Settings) -> None:
             if _load_propagator is None:
                 continue
             chosen.append(_load_propagator(name))
-    propagate.set_global_textmap(CompositePropagator(chosen))
+    composite = CompositePropagator(chosen)
+    propagate.set_global_textmap(composite)
+    from instrument import _call
+
+    plain_w3c = [type(p) for p in chosen] in ([TraceContextTextMapPropagator, W3CBaggagePropagator],
+                                              [TraceContextTextMapPropagator])
+    _call._w3c_textmap[0] = composite if plain_w3c else None  # enables _call._inject's direct write
 
 
 def shutdown(providers: Providers, timeout: float) -> None:

@@ -26,7 +26,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from instrument import _http, _instruments, _settings
+from instrument import _http, _instruments, _settings, _span
 from instrument._call import error_type
 from instrument._safety import report
 
@@ -64,6 +64,7 @@ class Request:
 
 
 _active_attrs: dict[tuple[str, str], dict[str, Any]] = {}
+_span_bases: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}  # (method, scheme) -> attributes, template
 _metric_attrs: dict[tuple[str, str | None, int | None, str, str | None], dict[str, Any]] = {}
 
 
@@ -72,7 +73,9 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
     """Start the SERVER span for one request and make it the current context."""
     method = _http.method_name(method_raw)
     parent = propagate.extract(carrier, getter=getter)
-    attrs: dict[str, Any] = {"http.request.method": method, "url.path": path, "url.scheme": scheme}
+    key = (method, scheme)
+    base, template = _span_bases.get(key) or ({"http.request.method": method, "url.scheme": scheme}, None)
+    attrs: dict[str, Any] = {"url.path": path}
     if method == "_OTHER":
         attrs["http.request.method_original"] = method_raw
     if query:
@@ -91,10 +94,12 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
     names = _settings.active().capture_request_headers
     if names:
         attrs.update(_http.header_attributes("request", names, headers))
-    span = _instruments.tracer().start_span("HTTP" if method == "_OTHER" else method, context=parent, kind=_SERVER,
-                                            attributes=attrs)
+    # The pipeline's span start (instrument._span): the per-(method, scheme) attributes validated once
+    span, template = _span.start(_instruments.tracer(), "HTTP" if method == "_OTHER" else method, _SERVER, base,
+                                 template, attrs, parent, None)
+    if len(_span_bases) < 256:
+        _span_bases[key] = (base, template)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
-    key = (method, scheme)
     active = _active_attrs.get(key)
     if active is None:
         active = {"http.request.method": method, "url.scheme": scheme}

@@ -89,12 +89,7 @@ def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, A
     full = _http.url_full(url, settings)
     if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return None
-    ep = _by_url.get(url)
-    if ep is None:
-        ep = _endpoint(request_url)
-        if len(_by_url) >= 2048:
-            _by_url.clear()
-        _by_url[url] = ep
+    ep = _by_url.get(url) or _http.remember(_by_url, url, _endpoint, request_url)
     method = _http.method_of(request.method)
     headers = request.headers
     op = ep.op(method, idempotent=_http.is_idempotent(method, headers))

@@ -57,16 +57,16 @@ PIPELINES = (
     Target("redis.client", "Pipeline.execute"),
     Target("redis.asyncio.client", "Pipeline.execute", is_async=True, optional=True),
 )
+# Wait and use time are timed for the blocking pools only. The plain ConnectionPool checks a connection
+# out for every command and never waits (it fails at max_connections): its wait time is nil and its use
+# time is the command's own duration, already db.client.operation.duration; timing it cost two histogram
+# records and a wrapper per command.
 GETS = (
-    Target("redis.connection", "ConnectionPool.get_connection"),
     Target("redis.connection", "BlockingConnectionPool.get_connection"),
-    Target("redis.asyncio.connection", "ConnectionPool.get_connection", is_async=True, optional=True),
     Target("redis.asyncio.connection", "BlockingConnectionPool.get_connection", is_async=True, optional=True),
 )
 RELEASES = (
-    Target("redis.connection", "ConnectionPool.release"),
     Target("redis.connection", "BlockingConnectionPool.release"),
-    Target("redis.asyncio.connection", "ConnectionPool.release", is_async=True, optional=True),
     Target("redis.asyncio.connection", "BlockingConnectionPool.release", is_async=True, optional=True),
 )
 MAKES = (
@@ -74,9 +74,13 @@ MAKES = (
     Target("redis.connection", "BlockingConnectionPool.make_connection", optional=True),
     Target("redis.asyncio.connection", "ConnectionPool.make_connection", optional=True),
 )
-CONNECTIONS = (  # where a command under a deadline bounds the connection it uses (sync only)
+# Where a command under a deadline bounds the connection it uses (sync only): get_connection() calls
+# connect() at every checkout, before the command reads the connection's retry policy. The next checkout
+# without a deadline restores the connection's own settings (so the plain pool's release needs no hook);
+# a connection the client holds (single-connection client, a watching pipeline) is bound and restored by
+# _bounded itself.
+CONNECTIONS = (
     Target("redis.connection", "AbstractConnection.connect", optional=True),
-    Target("redis.connection", "AbstractConnection.send_packed_command", optional=True),
 )
 TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES + CONNECTIONS
 
@@ -159,6 +163,8 @@ def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mappin
 
 
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _suppressed.get():  # inside another span (a stream's XADD): only the deadline applies
+        return _bounded(wrapped, instance, args, kwargs)
     ep, op, attributes = _resolve(instance, args)
     return ep.call(op, _bounded, (wrapped, instance, args, kwargs), {}, attributes=attributes)
 
@@ -219,9 +225,19 @@ def _bound(conn: Any, owner: object) -> None:
     left = _context.remaining()
     if left is None:
         return
-    left = max(left, 0.001)
     state = conn.__dict__
-    if _SAVED not in state:
+    saved = state.get(_SAVED)
+    left = max(left, 0.001)
+    if saved is not None:
+        if saved[0] is owner:
+            return  # bound by this command already (at checkout): once per command is enough
+        state[_SAVED] = (owner, *saved[1:])  # this command's now: its end (or release) restores it
+        current = conn.socket_timeout
+        if current is not None and left - min(0.005, left / 100) <= current <= left:
+            # Bound by an earlier command with about the same time left (a Timeout policy on every command):
+            # keep it, at most 1% (5 ms) early, and spare the socket and parser updates.
+            return
+    else:
         if not _no_retry:
             from redis.backoff import NoBackoff
             from redis.retry import Retry
@@ -230,11 +246,8 @@ def _bound(conn: Any, owner: object) -> None:
         state[_SAVED] = (owner, conn.socket_timeout, conn.socket_connect_timeout, conn.retry)
         conn.retry = _no_retry[0]
     connect = state[_SAVED][2]
-    conn.socket_timeout = left
     conn.socket_connect_timeout = left if connect is None else min(connect, left)
-    sock = getattr(conn, "_sock", None)
-    if sock is not None:
-        sock.settimeout(left)
+    _socket_timeout(conn, left)
 
 
 def _unbound(conn: Any, owner: object | None = None) -> None:
@@ -244,25 +257,42 @@ def _unbound(conn: Any, owner: object | None = None) -> None:
     if saved is None or (owner is not None and saved[0] is not owner):
         return
     del state[_SAVED]
-    _, conn.socket_timeout, conn.socket_connect_timeout, conn.retry = saved
+    _, timeout, conn.socket_connect_timeout, conn.retry = saved
+    _socket_timeout(conn, timeout)
+
+
+def _socket_timeout(conn: Any, value: float | None) -> None:
+    """Set a connection's read timeout everywhere redis-py keeps it: the connection, its socket, and the
+    parser's copy (taken at connect), which redis-py re-applies to the socket after every ``can_read()``
+    (at each checkout): a connection that reconnected under a deadline would otherwise keep it."""
+    conn.socket_timeout = value
     sock = getattr(conn, "_sock", None)
     if sock is not None:
-        sock.settimeout(saved[1])
+        sock.settimeout(value)
+    parser = getattr(conn, "_parser", None)
+    buffer = getattr(parser, "_buffer", None)
+    if buffer is not None and hasattr(buffer, "socket_timeout"):
+        buffer.socket_timeout = value
+    if hasattr(parser, "_socket_timeout"):  # hiredis
+        parser._socket_timeout = value
 
 
 def _connection_hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     owner = _owner.get()
-    if owner is not None:
-        try:
+    try:
+        if owner is not None:
             _bound(instance, owner)
-        except Exception as exc:  # noqa: BLE001 - never let our code break the command
-            report("redis deadline", exc)
+        elif _SAVED in instance.__dict__:
+            _unbound(instance)  # bound by an earlier command's deadline: its own settings again
+    except Exception as exc:  # noqa: BLE001 - never let our code break the command
+        report("redis deadline", exc)
     return wrapped(*args, **kwargs)
 
 
 # -- pools -------------------------------------------------------------------------------------------
 
 _perf = time.perf_counter
+_suppressed = _context.suppressed
 
 
 def _snapshot(pool: Any) -> Snapshot | None:
@@ -340,7 +370,7 @@ def _release(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     conn = args[0] if args else kwargs.get("connection")
     _used(instance, conn)
     if conn is not None and _SAVED in getattr(conn, "__dict__", ()):
-        _unbound(conn)  # back to the pool with its own settings, before another thread can take it
+        _unbound(conn)  # back to the pool with its own settings
     return wrapped(*args, **kwargs)
 
 

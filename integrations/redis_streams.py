@@ -52,12 +52,21 @@ def _text(value: Any) -> str:
 
 def _endpoint(client: Any) -> Endpoint | None:
     pool = getattr(client, "connection_pool", None)
+    found = getattr(pool, "__dict__", {}).get("_instrument_stream_endpoint")
+    if found is not None:
+        return found
     kwargs = getattr(pool, "connection_kwargs", None)
     if kwargs is None or "path" in kwargs:
         host, port = (kwargs or {}).get("path") or "localhost", None
     else:
         host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
-    return _messaging.client_endpoint("redis", host, port, ERRORS, scheme="redis")
+    found = _messaging.client_endpoint("redis", host, port, ERRORS, scheme="redis")
+    if pool is not None:
+        try:
+            pool._instrument_stream_endpoint = found  # a pool's address never changes: resolve it once
+        except AttributeError:
+            pass
+    return found
 
 
 def _passthrough(instance: Any) -> bool:

@@ -79,13 +79,7 @@ _by_url: dict[str, Endpoint] = {}  # the same URLs come back call after call: on
 
 
 def _endpoint(url: str) -> Endpoint:
-    found = _by_url.get(url)
-    if found is None:
-        found = _origin_endpoint(url)
-        if len(_by_url) >= 2048:
-            _by_url.clear()
-        _by_url[url] = found
-    return found
+    return _by_url.get(url) or _http.remember(_by_url, url, _origin_endpoint, url)
 
 
 def _origin_endpoint(url: str) -> Endpoint:

@@ -34,8 +34,6 @@ class OpSpec:
     is_async: bool = False
     calls: int = 20               # per block in the full mode (rounds x calls x 6 variants in all)
     contrib_kwargs: dict[str, Any] | Callable[[Ctx], dict[str, Any]] = field(default_factory=dict)
-    # extra run-time emulation of a proposed change for this client (returns its undo); see proposals/
-    proposal: Callable[[], Callable[[], Any]] | None = None
 
 
 def service_up(addr: tuple[str, int] | None) -> bool:
@@ -57,7 +55,7 @@ def missing_integrations(spec: OpSpec) -> list[str]:
 POLICIES = "timeout(2s),breaker"
 
 
-def variants(spec: OpSpec, ctx: Ctx, tel: Any, proposals: bool = False) -> list[Variant]:
+def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
     from instrument import integrations, policies
 
     def patch() -> None:
@@ -97,24 +95,8 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any, proposals: bool = False) -> list[
     def make() -> Callable[[], Any]:
         return spec.make(ctx)
 
-    undo: list[Callable[[], Any]] = []
-
-    def proposed_on() -> None:
-        from benchmarks.proposals import fastpath
-
-        with_policies()
-        undo.append(fastpath.install_p1())
-        if spec.proposal is not None:
-            undo.append(spec.proposal())
-
-    def proposed_off() -> None:
-        while undo:
-            undo.pop()()
-        without_policies()
-
     a = spec.is_async
-    extra = [Variant("proposed", make, proposed_on, proposed_off, is_async=a)] if proposals else []
-    return extra + [
+    return [
         Variant("bare", make, is_async=a),
         Variant("A/A", make, is_async=a),
         Variant("ours", make, patch, unpatch, is_async=a),

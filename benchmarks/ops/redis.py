@@ -21,15 +21,4 @@ def _make(ctx: Ctx):
     return lambda: get("bench:key")
 
 
-def _proposal():
-    """P3: no per-command wait/use timing on the plain ConnectionPool (redis-py checks a connection out for
-    every command; that pool never waits, and use time is the command's duration, already recorded)."""
-    from instrument.integrations import redis as integ
-    from instrument.patching import revert
-
-    revert(integ.GETS[:1] + integ.RELEASES[:1])
-    return lambda: None  # unpatch() reverts the rest
-
-
-SPEC = OpSpec("redis", "redis GET", ("redis",), _contrib, _make, "redis://*", service=("127.0.0.1", 6379),
-              proposal=_proposal)
+SPEC = OpSpec("redis", "redis GET", ("redis",), _contrib, _make, "redis://*", service=("127.0.0.1", 6379))

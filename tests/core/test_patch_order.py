@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
                 continue
             current = found[2]
             depth = 0
-            while isinstance(current, patching._Wrapper):
+            while patching.is_ours(current):
                 depth += 1
                 current = current.__wrapped__
             out.append([target.attribute, depth, id(current)])

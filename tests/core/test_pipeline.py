@@ -87,7 +87,7 @@ def test_patch_unpatch_patch_leaves_exactly_one_wrapper():
 
     target = patching.Target("requests.sessions", "Session.send")
     original = requests.sessions.Session.__dict__["send"]
-    while isinstance(original, patching._Wrapper):
+    while patching.is_ours(original):
         original = original.__wrapped__
     for _ in range(2):
         integrations.patch("requests")
@@ -99,7 +99,7 @@ def test_patch_unpatch_patch_leaves_exactly_one_wrapper():
         assert requests.sessions.Session.__dict__["send"] is original
     integrations.patch("requests")
     wrapper = requests.sessions.Session.__dict__["send"]
-    assert isinstance(wrapper, patching._Wrapper) and wrapper.__wrapped__ is original
+    assert patching.is_ours(wrapper) and wrapper.__wrapped__ is original
     integrations.unpatch("requests")
 
 

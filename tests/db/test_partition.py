@@ -240,7 +240,7 @@ def redis_proxy() -> Iterator[FaultProxy]:
 @pytest.mark.parametrize("options", [{}, {"socket_timeout": None}, {"single_connection_client": True},
                                      {"socket_timeout": None, "single_connection_client": True}],
                          ids=["defaults", "no-socket-timeout", "single-connection", "single-no-timeout"])
-def test_redis_blackholed_policy_timeout(redis_proxy, tel, patched, settings_env, options) -> None:  # type: ignore[no-untyped-def]
+def test_redis_blackholed_policy_timeout(redis_proxy, tel, patched, settings_env, options, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Without the deadline on the connection, redis-py waits socket_timeout (5 s by default, or forever)
     per attempt and retries 3 times with backoff on a new connection: about 60 s here."""
     redis = pytest.importorskip("redis")
@@ -251,7 +251,8 @@ def test_redis_blackholed_policy_timeout(redis_proxy, tel, patched, settings_env
     try:
         client.set("instrument:partition", "v")
         conn = client.connection or client.connection_pool._available_connections[0]
-        before = (conn.socket_timeout, conn.retry)
+        saved = conn.__dict__.get("_instrument_saved")  # bound by set()'s deadline until the next checkout
+        before = (saved[1], saved[3]) if saved else (conn.socket_timeout, conn.retry)  # its own settings
         redis_proxy.blackhole()
         for call in (lambda: client.get("instrument:partition"),
                      lambda: client.pipeline().get("instrument:partition").get("x").execute()):
@@ -261,10 +262,18 @@ def test_redis_blackholed_policy_timeout(redis_proxy, tel, patched, settings_env
             took = _elapsed(start)
             assert DEADLINE * 0.9 <= took < DEADLINE + MARGIN, took
         redis_proxy.pass_through()
-        assert client.get("instrument:partition") == b"v"  # reconnects with its own settings
-        conn = client.connection or client.connection_pool._available_connections[0]
-        assert (conn.socket_timeout, conn.retry) == before  # restored
-        assert conn._sock.gettimeout() == before[0]
+        assert client.get("instrument:partition") == b"v"  # reconnects (under the deadline again)
+        settings_env({})  # no deadline: the next command runs with the connection's own settings
+        seen = []
+        real_send = redis.connection.AbstractConnection.send_packed_command
+
+        def send(conn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append((conn.socket_timeout, conn._sock.gettimeout(), conn.retry))
+            return real_send(conn, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send)
+        assert client.get("instrument:partition") == b"v"
+        assert seen == [(before[0], before[0], before[1])]  # restored at checkout
     finally:
         client.close()
     assert any(e.name == "timeout" for s in tel.spans() for e in s.events)
@@ -276,11 +285,45 @@ def test_redis_deadline_leaves_other_commands_alone(redis_service, tel, patched)
     patched("redis")
     client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=7)
     try:
+        client.ping()
+        conn = client.connection_pool._available_connections[0]
+        own_retry = conn.retry
+        with _context.deadline_scope(2.0):
+            client.set("instrument:partition", "v")
+        seen = []
+        real_send = conn.send_packed_command
+
+        def send(*args, **kwargs):  # the settings the next command actually runs with
+            seen.append((conn.socket_timeout, conn._sock.gettimeout(), conn.retry))
+            return real_send(*args, **kwargs)
+
+        conn.send_packed_command = send
+        assert client.get("instrument:partition") == b"v"
+        assert seen == [(7, 7, own_retry)]
+        assert "_instrument_saved" not in conn.__dict__
+    finally:
+        client.close()
+
+
+def test_redis_deadline_rebinds_only_when_the_time_left_changed(redis_service, tel, patched) -> None:  # type: ignore[no-untyped-def]
+    """A Timeout on every command binds each to its own deadline; one with about the same time left as the
+    last keeps the connection's setting (at most 1 % early), a shorter one lowers it."""
+    redis = pytest.importorskip("redis")
+    patched("redis")
+    client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=7)
+    try:
         with _context.deadline_scope(2.0):
             client.set("instrument:partition", "v")
         conn = client.connection_pool._available_connections[0]
+        first = conn.socket_timeout
+        assert 1.9 < first <= 2.0
+        with _context.deadline_scope(2.0):
+            assert client.get("instrument:partition") == b"v"
+        assert conn.socket_timeout == first  # kept: within 1 % of the time left
+        with _context.deadline_scope(0.3):
+            assert client.get("instrument:partition") == b"v"
+        assert 0.2 < conn.socket_timeout <= 0.3 and conn._sock.gettimeout() == pytest.approx(conn.socket_timeout)
+        assert client.get("instrument:partition") == b"v"  # no deadline: its own 7 s again
         assert conn.socket_timeout == 7 and conn._sock.gettimeout() == 7
-        assert "_instrument_saved" not in conn.__dict__
-        assert client.get("instrument:partition") == b"v"
     finally:
         client.close()

@@ -54,10 +54,36 @@ def _on_result(monkeypatch: Any) -> Iterator[dict[str, Any]]:
     yield {"call": {"on_result": boom}}
 
 
-def _inject(monkeypatch: Any) -> Iterator[dict[str, Any]]:
+class _RaisingPropagator:
+    """An application's propagator that fails (the pipeline's direct W3C write is for init()'s own only)."""
+
+    fields: set[str] = set()
+
+    def inject(self, *args: Any, **kwargs: Any) -> None:
+        boom()
+
+    def extract(self, *args: Any, **kwargs: Any) -> Any:
+        boom()
+
+
+def _break_inject(monkeypatch: Any) -> None:
     from opentelemetry import propagate
 
+    monkeypatch.setattr(propagate, "get_global_textmap", _RaisingPropagator)
     monkeypatch.setattr(propagate, "inject", boom)
+
+
+def _break_span_end(monkeypatch: Any) -> None:
+    from opentelemetry.sdk.trace import Span
+
+    from instrument._span import CallSpan
+
+    monkeypatch.setattr(Span, "end", boom)
+    monkeypatch.setattr(CallSpan, "end", boom)
+
+
+def _inject(monkeypatch: Any) -> Iterator[dict[str, Any]]:
+    _break_inject(monkeypatch)
     yield {"call": {"carrier": {}}}
 
 
@@ -66,9 +92,7 @@ def _metric_record(monkeypatch: Any) -> Iterator[dict[str, Any]]:
 
 
 def _span_end(monkeypatch: Any) -> Iterator[dict[str, Any]]:
-    from opentelemetry.sdk.trace import Span
-
-    monkeypatch.setattr(Span, "end", boom)
+    _break_span_end(monkeypatch)
     yield {}
 
 
@@ -223,14 +247,12 @@ def test_log_export_processor_failure_is_contained(monkeypatch, caplog):
 def test_patched_requests_call_with_every_hook_broken(tel, monkeypatch, patched, upstream):
     """All at once, through a real patched client: same response, same exception, same traceback tail."""
     import requests
-    from opentelemetry import propagate
-    from opentelemetry.sdk.trace import Span
 
     from instrument import _instruments
 
     patched("requests")
-    monkeypatch.setattr(propagate, "inject", boom)
-    monkeypatch.setattr(Span, "end", boom)
+    _break_inject(monkeypatch)
+    _break_span_end(monkeypatch)
     monkeypatch.setattr(_call, "_log_call", boom)
     real_get = _instruments.get
     monkeypatch.setattr(_instruments, "get", lambda name: _RaisingHistogram())

@@ -1,0 +1,225 @@
+"""The pipeline's span start (instrument._span) gives what the SDK's Tracer.start_span gives.
+
+Each case starts one span through ``_span.start`` and one through the SDK, from a tracer of its own
+provider, and compares what processors and exporters read. Where the lean path must not apply (a
+processor that acts on start, a custom sampler, span limits), the SDK's own span class comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+
+from instrument import _call, _span
+
+ATTRS = {"db.system.name": "redis", "server.address": "127.0.0.1", "server.port": 6379, "db.operation.name": "GET"}
+
+
+def _provider(sampler: Any = None, limits: Any = None) -> tuple[Any, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource({"service.name": "span-test"}), sampler=sampler,
+                        span_limits=limits, shutdown_on_exit=False)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    return tp, exporter
+
+
+def _both(tracer: Any, parent: Any = None, extra: Any = None) -> tuple[Any, Any]:
+    lean, _ = _span.start(tracer, "GET", SpanKind.CLIENT, ATTRS, None, extra, parent, None)
+    sdk = tracer.start_span("GET", context=parent, kind=SpanKind.CLIENT, attributes={**ATTRS, **(extra or {})})
+    return lean, sdk
+
+
+def _remote(sampled: bool, state: TraceState | None = None) -> Any:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else 0)
+    ctx = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=flags, trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def _readable(span: Any) -> dict[str, Any]:
+    return {"name": span.name, "kind": span.kind, "parent": span.parent, "attributes": dict(span.attributes),
+            "resource": span.resource, "scope": span.instrumentation_scope, "status": span.status.status_code,
+            "events": [(e.name, dict(e.attributes)) for e in span.events], "links": [(link.context, dict(link.attributes)) for link in span.links],
+            "flags": span.context.trace_flags, "state": span.context.trace_state,
+            "dropped": (span.dropped_attributes, span.dropped_events, span.dropped_links)}
+
+
+@pytest.mark.parametrize("parent", [None, "sampled", "state"])
+def test_lean_span_exports_what_the_sdk_span_exports(parent: str | None) -> None:
+    tp, exporter = _provider()
+    tracer = tp.get_tracer("instrument", "1")
+    ctx = {None: None, "sampled": _remote(True), "state": _remote(True, TraceState([("k", "v")]))}[parent]
+    lean, sdk = _both(tracer, ctx, extra={"db.query.text": "GET ?", "server.port": 1, "tags": ["a", "b"]})
+    assert type(lean) is _span.CallSpan and type(sdk) is not _span.CallSpan
+    assert set(vars(lean)) == set(vars(sdk))  # every field the SDK's span methods and exporters read
+    for span in (lean, sdk):
+        span.set_attribute("error.type", "X")
+        span.set_attribute("http.response.status_code", 503)
+        span.set_attribute("server.port", 2)  # overwritten in place
+        span.set_attribute("tags", ["c"])
+        span.add_event("retry", {"attempt": 2})
+        span.add_link(SpanContext(0x99, 0x98, False), {"link.kind": "batch"})
+        span.record_exception(ValueError("boom"))
+        span.set_status(trace.Status(trace.StatusCode.ERROR, "boom"))
+        span.end()
+    got, want = exporter.get_finished_spans()
+    assert got.context.trace_id == (0x1234 if ctx else got.context.trace_id)
+    a, b = _readable(got), _readable(want)
+    assert a["events"][1][1].pop("exception.stacktrace") and b["events"][1][1].pop("exception.stacktrace")
+    assert a == b
+    assert got.start_time <= got.end_time
+
+
+def test_ended_lean_span_refuses_changes_like_the_sdk(caplog: pytest.LogCaptureFixture) -> None:
+    tp, exporter = _provider()
+    lean, _ = _both(tp.get_tracer("t"))
+    lean.end()
+    lean.set_attribute("late", 1)
+    lean.add_event("late")
+    lean.end()
+    (span,) = [s for s in exporter.get_finished_spans() if s is lean]
+    assert "late" not in span.attributes and not span.events and not lean.is_recording()
+    assert "ended span" in caplog.text
+
+
+@pytest.mark.parametrize("sampler, parent", [
+    (sampling.ParentBased(sampling.ALWAYS_ON), "unsampled"),
+    (sampling.ParentBased(sampling.ALWAYS_ON), "sampled"),
+    (sampling.ParentBased(sampling.ALWAYS_OFF), None),
+    (sampling.ALWAYS_OFF, None),
+    (sampling.ALWAYS_ON, "unsampled"),
+    (sampling.TraceIdRatioBased(0.0), None),
+    (sampling.TraceIdRatioBased(1.0), None),
+    (sampling.ParentBasedTraceIdRatio(0.0), "sampled"),
+])
+def test_sampling_decisions_match_the_sdk(sampler: Any, parent: str | None) -> None:
+    tp, _ = _provider(sampler)
+    ctx = {None: None, "sampled": _remote(True), "unsampled": _remote(False)}[parent]
+    lean, sdk = _both(tp.get_tracer("t"), ctx)
+    assert lean.is_recording() == sdk.is_recording()
+    assert lean.get_span_context().trace_flags == sdk.get_span_context().trace_flags
+    if ctx is not None:
+        assert lean.get_span_context().trace_id == 0x1234
+    for span in (lean, sdk):
+        span.end()
+
+
+class _OnStart(SpanProcessor):
+    def __init__(self) -> None:
+        self.started: list[Any] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.started.append(span)
+
+
+class _Custom(sampling.Sampler):
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                      attributes: Any = None, links: Any = None, trace_state: Any = None) -> Any:
+        return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, {**(attributes or {}), "sampler.rule": "x"})
+
+    def get_description(self) -> str:
+        return "custom"
+
+
+def test_a_processor_that_acts_on_start_gets_the_sdk_path_from_then_on() -> None:
+    tp, _ = _provider()
+    tracer = tp.get_tracer("t")
+    first, _ = _both(tracer)
+    assert type(first) is _span.CallSpan
+    watcher = _OnStart()
+    tp.add_span_processor(watcher)
+    second, _ = _both(tracer)
+    assert type(second) is not _span.CallSpan and second in watcher.started
+    plan = _span._plan[0]
+    _both(tracer)
+    assert _span._plan[0] is plan  # the decision is kept, not remade per span
+
+
+@pytest.mark.parametrize("case", ["custom sampler", "value length limit"])
+def test_other_configurations_give_the_sdks_result(case: str) -> None:
+    if case == "custom sampler":
+        tp, _ = _provider(sampler=_Custom())
+    else:
+        tp, _ = _provider(limits=SpanLimits(max_span_attribute_length=4))
+    lean, sdk = _both(tp.get_tracer("t"), extra={"db.query.text": "GET something long"})
+    assert dict(lean.attributes) == dict(sdk.attributes)
+    if case == "custom sampler":
+        assert type(lean) is not _span.CallSpan and lean.attributes["sampler.rule"] == "x"
+    else:  # limits are applied by the SDK's own BoundedAttributes on the lean path too
+        assert lean.attributes["db.query.text"] == "GET "
+
+
+def test_a_swapped_sampler_is_noticed() -> None:
+    tp, _ = _provider()
+    tracer = tp.get_tracer("t")
+    assert _both(tracer)[0].is_recording()
+    tracer.sampler = sampling.ALWAYS_OFF
+    assert not _both(tracer)[0].is_recording()
+
+
+@pytest.mark.parametrize("case", ["sampled", "unsampled", "tracestate"])
+def test_direct_traceparent_is_byte_identical_to_the_propagator(case: str) -> None:
+    from instrument._otel import _setup_propagators
+    from instrument._settings import Settings
+
+    _setup_propagators(Settings.from_env({}))
+    assert _call._w3c_textmap[0] is propagate.get_global_textmap()
+    flags = TraceFlags(0 if case == "unsampled" else TraceFlags.SAMPLED)
+    state = TraceState([("vendor", "abc"), ("k", "v")]) if case == "tracestate" else None
+    span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, flags, state))
+    direct: dict[str, str] = {}
+    generic: dict[str, str] = {}
+    _call._inject(direct, span)
+    propagate.inject(generic, context=trace.set_span_in_context(span))
+    assert direct == generic and direct["traceparent"].startswith("00-")
+
+
+def test_baggage_takes_the_propagators_path() -> None:
+    from instrument._otel import _setup_propagators
+    from instrument._settings import Settings
+
+    _setup_propagators(Settings.from_env({}))
+    span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(1)))
+    token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
+    try:
+        carrier: dict[str, str] = {}
+        _call._inject(carrier, span)
+    finally:
+        otel_context.detach(token)
+    assert carrier["baggage"] == "tenant=t1" and "traceparent" in carrier
+
+
+def test_an_id_generator_of_its_own_is_used() -> None:
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+    class Fixed(IdGenerator):
+        def generate_span_id(self) -> int:
+            return 0x1111
+
+        def generate_trace_id(self) -> int:
+            return 0x2222
+
+    tp = TracerProvider(id_generator=Fixed(), shutdown_on_exit=False)
+    lean, sdk = _both(tp.get_tracer("t"))
+    assert type(lean) is _span.CallSpan
+    for span in (lean, sdk):
+        ctx = span.get_span_context()
+        assert (ctx.trace_id, ctx.span_id, ctx.trace_flags) == (0x2222, 0x1111, sdk.get_span_context().trace_flags)
+
+
+def test_a_full_attribute_set_drops_the_oldest_as_the_sdk_does() -> None:
+    tp, _ = _provider(limits=SpanLimits(max_span_attributes=len(ATTRS)))
+    lean, sdk = _both(tp.get_tracer("t"))
+    for span in (lean, sdk):
+        span.set_attribute("error.type", "X")
+        span.set_attribute("db.operation.name", "SET")
+    assert type(lean) is _span.CallSpan
+    assert dict(lean.attributes) == dict(sdk.attributes) and "db.system.name" not in lean.attributes
+    assert lean.dropped_attributes == sdk.dropped_attributes == 1
