@@ -24,7 +24,7 @@ from typing import Any
 from instrument._catalog import Metric
 
 __all__ = ["Bound", "BoundSum", "FastCounter", "FastHistogram", "MergingReader", "counter", "enable", "enabled",
-           "forget_recorded", "histogram"]
+           "forget_recorded", "histogram", "use_resource"]
 
 _lock = threading.Lock()
 _histograms: dict[str, FastHistogram] = {}
@@ -176,29 +176,32 @@ def enable(resource: Any) -> None:
     _state["resource"] = resource
 
 
+def use_resource(resource: Any) -> None:
+    """The resource our points are exported under when the SDK has none to report (renewed after fork)."""
+    _state["resource"] = resource
+
+
 def enabled() -> bool:
     return bool(_state["enabled"])
 
 
 def histogram(spec: Metric, make_sdk: Any) -> Any:
     """The histogram for ``spec``: aggregated in place when a reader of ours exports it, else the SDK's."""
-    if not _state["enabled"]:
-        return _Sdk(make_sdk())
-    with _lock:
-        found = _histograms.get(spec.name)
-        if found is None:
-            found = _histograms[spec.name] = FastHistogram(spec)
-        return found
+    return _instrument(_histograms, FastHistogram, spec, make_sdk)
 
 
 def counter(spec: Metric, make_sdk: Any) -> Any:
     """The counter for ``spec``: summed in place when a reader of ours exports it, else the SDK's."""
+    return _instrument(_counters, FastCounter, spec, make_sdk)
+
+
+def _instrument(registry: dict[str, Any], fast: Any, spec: Metric, make_sdk: Any) -> Any:
     if not _state["enabled"]:
         return _Sdk(make_sdk())
     with _lock:
-        found = _counters.get(spec.name)
+        found = registry.get(spec.name)
         if found is None:
-            found = _counters[spec.name] = FastCounter(spec)
+            found = registry[spec.name] = fast(spec)
         return found
 
 

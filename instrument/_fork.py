@@ -56,12 +56,20 @@ def install(providers: Any) -> None:
 
 
 def _export_locks() -> list[Any]:
-    """Locks an export thread holds while it exports, in the order it takes them: each owned metric
-    reader's export lock, then each deferred exporter's build lock (see :class:`instrument._otel.Deferred`).
-    A fork in the middle of an export would leave the child with them held by a thread it does not have."""
+    """Locks an export thread holds while it collects or exports, in the order it takes them: each owned
+    meter provider's collection lock, each owned metric reader's export lock, then each deferred exporter's
+    build lock (see :class:`instrument._otel.Deferred`). A fork in the middle of a collection or an export
+    would leave the child with them held by a thread it does not have: the child's metric reader would
+    then wait for the collection lock forever and the worker would never report a metric."""
     from instrument._otel import Deferred
 
     locks = []
+    for providers in _providers:
+        for provider in _owned(providers):
+            consumer = getattr(provider, "_measurement_consumer", None)
+            lock = getattr(consumer, "_lock", None)
+            if lock is not None:
+                locks.append(lock)
     for providers in _providers:
         for provider in _owned(providers):
             for reader in getattr(provider, "_metric_readers", ()) or ():
@@ -103,9 +111,30 @@ def after_in_child() -> None:
     _release_export_locks()  # held by this thread across fork(): it is this child's own copy
     _reset_locks()
     _reset_toolkit_state()
+    _rebuild_deferred_exporters()
     if _providers:
         _renew_resource(_providers[0])
         _renew_grpc_channels(_providers[0])
+
+
+_abandoned: list[Any] = []  # the parent's exporters, kept from garbage collection in the child
+
+
+def _rebuild_deferred_exporters() -> None:
+    """The child builds its own OTLP exporters on first export, as the parent did.
+
+    An exporter the parent built holds a session or channel whose locks and sockets may have been in use by
+    the parent's export thread at the moment of the fork (a thread the child does not have): clearing or
+    renewing them in the child can block forever on such a lock. The child forgets them instead (kept
+    referenced, never closed: closing could touch state the parent owns) and builds fresh ones.
+    """
+    from instrument._otel import Deferred
+
+    for deferred in list(Deferred._instances or ()):
+        deferred._lock = threading.Lock()
+        if deferred._real is not None:
+            _abandoned.append(deferred._real)
+            deferred._real = None
 
 
 def _reset_locks() -> None:
@@ -168,6 +197,11 @@ def _renew_resource(providers: Any) -> None:
         update = getattr(provider, "_update_resource", None)
         if update is not None:
             update(Resource(attrs))
+        if provider is providers.meter_provider:
+            from instrument import _aggregates
+
+            # Our aggregates go out under this resource when the SDK itself has nothing to report.
+            _aggregates.use_resource(_resource_of(provider))
 
 
 def _resource_of(provider: Any) -> Any:

@@ -118,10 +118,20 @@ def _assert_per_worker_telemetry(receiver, pids: set[int]) -> None:
     def by_worker(items):
         return {int(i.resource.get("process.pid", 0)) for i in items} & pids
 
-    receiver.wait_for(lambda: by_worker(s for s in receiver.spans() if s.kind == "CLIENT") == pids, timeout=15)
-    receiver.wait_for(lambda: by_worker(receiver.metric_points("http.client.request.duration")) == pids, timeout=15)
-    receiver.wait_for(lambda: by_worker(r for r in receiver.logs() if str(r.body).startswith("served")) == pids,
-                      timeout=15)
+    # Each worker exports on its batch processors' schedule (5 s) after building its exporter (imported on
+    # first export): on a loaded 2-core machine that can take a while, so wait generously.
+    signals = {
+        "client spans": lambda: [s for s in receiver.spans() if s.kind == "CLIENT"],
+        "duration points": lambda: receiver.metric_points("http.client.request.duration"),
+        "'served' logs": lambda: [r for r in receiver.logs() if str(r.body).startswith("served")],
+    }
+    for name, items in signals.items():
+        try:
+            receiver.wait_for(lambda items=items: by_worker(items()) == pids, timeout=30)
+        except AssertionError:
+            seen = sorted({int(i.resource.get("process.pid", 0)) for i in items()})
+            raise AssertionError(f"{name} not from every worker {sorted(pids)} within 30 s; from pids {seen}; "
+                                 f"received: {receiver.summary()}") from None
     # Each worker has its own service.instance.id, distinct from each other's.
     instances: dict[int, set[str]] = {}
     for span in receiver.spans():
@@ -148,9 +158,12 @@ def test_gunicorn_preload_sync_workers_export_their_own_telemetry(tmp_path, rece
             assert body["status"] == 200
             assert body["master"] == {dead: "open"}, body
             assert body["breakers"] == {}, body
-        _assert_per_worker_telemetry(receiver, pids)
+        try:
+            _assert_per_worker_telemetry(receiver, pids)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\ngunicorn output:\n{_stop(proc)[-6000:]}") from None
     finally:
-        out = _stop(proc)
+        out = _stop(proc) if proc.poll() is None else ""
     assert proc.returncode == 0, out
     assert "Failed to detach context" not in out
     assert "deadlock" not in out.lower()
@@ -231,6 +244,97 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
     assert int(span.resource["process.pid"]) == child["pid"]
     parent_span = receiver.wait_for_span(lambda s: s.name == "in-parent")
     assert parent_span.resource["service.instance.id"] == out["parent_instance"]
+
+
+def test_fork_child_reports_its_own_call_durations_under_its_own_resource(receiver):
+    """A worker whose only metrics are the toolkit's own aggregates (no SDK instrument has data to report)."""
+    code = textwrap.dedent("""
+        import json, os
+        import instrument
+        instrument.init()
+        from opentelemetry import metrics, trace
+        from instrument import _call
+
+        def call(host):
+            ep = _call.endpoint("db", "postgresql", f"postgresql://{host}:5432/db", server_address=host)
+            ep.call(ep.op("SELECT"), lambda: None, (), {})
+
+        call("in-parent")
+        metrics.get_meter_provider().force_flush(5000)
+        pid = os.fork()
+        if pid == 0:
+            call("in-child")
+            metrics.get_meter_provider().force_flush(5000)
+            instrument.shutdown(2)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"parent": os.getpid(), "child": pid, "status": status,
+                          "instance": trace.get_tracer_provider().resource.attributes["service.instance.id"]}))
+    """)
+    result = run_python(code, env={**receiver.env("grpc"), "OTEL_SERVICE_NAME": "forked"}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["status"] == 0
+
+    def point(host):
+        return receiver.wait_for(lambda: next((p for p in receiver.metric_points("db.client.operation.duration")
+                                               if p.attributes.get("server.address") == host), None))
+
+    child, parent = point("in-child"), point("in-parent")
+    assert int(child.resource["process.pid"]) == out["child"], child.resource
+    assert child.resource["service.instance.id"] != out["instance"]
+    assert int(parent.resource["process.pid"]) == out["parent"]
+    assert parent.resource["service.instance.id"] == out["instance"]
+
+
+def test_fork_during_a_metric_collection_leaves_the_child_able_to_report(receiver):
+    """The parent's metric reader is collecting (an observable callback is running) when the app forks.
+
+    The SDK's collection lock must not be copied into the child as held: the child's reader would wait for
+    it forever and the worker would never report a metric (seen with gunicorn --preload).
+    """
+    code = textwrap.dedent("""
+        import json, os, signal, threading, time
+        import instrument
+        instrument.init()
+        from opentelemetry import metrics
+        from opentelemetry.metrics import Observation
+        from instrument import _call
+
+        collecting, forked = threading.Event(), threading.Event()
+
+        def slow_callback(_options):
+            if not forked.is_set():
+                collecting.set()
+                time.sleep(0.5)  # the fork is requested now, in the middle of this collection
+            return [Observation(1)]
+
+        metrics.get_meter("t").create_observable_gauge("slow.gauge", [slow_callback])
+        assert collecting.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(10)  # a child stuck on a lock it inherited held dies here instead of hanging the test
+            ep = _call.endpoint("db", "postgresql", "postgresql://child-host:5432/db", server_address="child-host")
+            ep.call(ep.op("SELECT"), lambda: None, (), {})
+            ok = metrics.get_meter_provider().force_flush(5000)
+            instrument.shutdown(2)
+            os._exit(0 if ok else 3)
+        forked.set()
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"child": pid, "status": status}))
+    """)
+    result = run_python(code, env={**receiver.env("grpc", interval_ms=100), "OTEL_SERVICE_NAME": "forked"},
+                        timeout=60)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["status"] == 0, f"child ended with wait status {out['status']} (14 = stuck until its alarm)"
+    point = receiver.wait_for(lambda: next((p for p in receiver.metric_points("db.client.operation.duration")
+                                            if p.attributes.get("server.address") == "child-host"), None))
+    assert int(point.resource["process.pid"]) == out["child"]
 
 
 def test_sdk_at_fork_handler_does_not_deadlock_when_futures_is_imported_late():
@@ -327,3 +431,23 @@ def test_a_fork_waits_for_an_export_in_progress_and_the_child_can_export():
     result = run_python(code, env={"OTEL_SDK_DISABLED": "false"}, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["child", "0"]
+
+
+def test_a_forked_child_builds_its_own_exporters() -> None:
+    """An exporter the parent built (its session or channel possibly mid-export at the fork) is not reused:
+    the child builds a fresh one on its first export, and never closes the parent's."""
+    from instrument import _fork
+    from instrument._otel import Deferred
+
+    class Exporter:
+        closed = False
+
+        def shutdown(self) -> None:
+            self.closed = True
+
+    deferred = Deferred(Exporter)
+    parents = deferred._exporter()
+    _fork._rebuild_deferred_exporters()
+    childs = deferred._exporter()
+    assert childs is not parents and isinstance(childs, Exporter)
+    assert not parents.closed and parents in _fork._abandoned
