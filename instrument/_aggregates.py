@@ -1,17 +1,19 @@
-"""Histograms and counters aggregated in place: the toolkit's metrics without the SDK's per-record work.
+"""Histograms, counters and up-down counters aggregated in place: the toolkit's metrics without the SDK's
+per-record work.
 
 The SDK's ``Histogram.record`` and ``Counter.add`` clean and hash the attribute dict on every call (about
-20 µs each here, a third of an instrumented call's whole cost). Our attribute sets are fixed per
+5-20 µs each here, a third of an instrumented call's whole cost). Our attribute sets are fixed per
 operation and outcome, so each one is bound once: a histogram's :class:`Bound` keeps bucket counts, sum,
 min, max and one exemplar per bucket (a record is a bisect and a few additions under a lock), a counter's
-:class:`BoundSum` a running total.
+or up-down counter's :class:`BoundSum` a running total (``http.server.active_requests`` is added to twice
+per served request).
 
 The aggregates reach the exporters through :class:`MergingReader`: the toolkit's metric readers (the
 periodic OTLP reader it installs, and the in-memory reader of ``instrument.testing``) add them to what
-the SDK collected, as ordinary histogram points of scope ``instrument``, cumulative or delta as the
-exporter prefers. When the application installed its own MeterProvider, no reader of ours exists and
-:func:`histogram` hands out the SDK's own instrument instead, so nothing is ever lost.
-"""
+the SDK collected, as ordinary histogram and sum points of scope ``instrument``, cumulative or delta as the
+exporter prefers for each instrument kind. When the application installed its own MeterProvider, no
+reader of ours exists and :func:`histogram` and :func:`counter` hand out the SDK's own instrument instead,
+so nothing is ever lost."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ __all__ = ["Bound", "BoundSum", "FastCounter", "FastHistogram", "MergingReader",
 _lock = threading.Lock()
 _histograms: dict[str, FastHistogram] = {}
 _counters: dict[str, FastCounter] = {}
-_state = {"enabled": False, "resource": None, "start": time_ns()}
+_state = {"enabled": False, "resource": None, "start": time_ns(), "generation": 0}
 
 SCOPE_NAME = "instrument"
 
@@ -37,7 +39,7 @@ SCOPE_NAME = "instrument"
 class Bound:
     """One attribute set of one histogram: the running aggregate."""
 
-    __slots__ = ("_lock", "attributes", "bounds", "count", "counts", "exemplars", "max", "min", "sum")
+    __slots__ = ("_lock", "attributes", "bounds", "count", "counts", "exemplars", "max", "min", "sum", "windows")
 
     def __init__(self, bounds: tuple[float, ...], attributes: Mapping[str, Any]) -> None:
         self.bounds = bounds
@@ -48,6 +50,8 @@ class Bound:
         self.sum = 0.0
         self.min = float("inf")
         self.max = float("-inf")
+        # [reader, min, max] per delta reader: the min and max since that reader's last collection
+        self.windows: list[list[Any]] = []
         self._lock = threading.Lock()
 
     def record(self, value: float, span_context: Any = None) -> None:
@@ -61,12 +65,39 @@ class Bound:
                 self.min = value
             if value > self.max:
                 self.max = value
+            for window in self.windows:  # none unless a reader exports deltas
+                if value < window[1]:
+                    window[1] = value
+                if value > window[2]:
+                    window[2] = value
             if span_context is not None and span_context.trace_flags.sampled:
                 self.exemplars[i] = (value, time_ns(), span_context.span_id, span_context.trace_id)
 
-    def snapshot(self) -> tuple[int, float, float, float, list[int], list[Any]]:
+    def snapshot(self, reader: object = None) -> tuple[int, float, float, float, list[int], list[Any]]:
+        """The running totals; for a delta ``reader``, min and max since its previous snapshot (the first
+        one's are the running ones: its interval starts with the aggregate)."""
         with self._lock:
-            return self.count, self.sum, self.min, self.max, list(self.counts), list(self.exemplars)
+            low, high = self.min, self.max
+            if reader is not None:
+                for window in self.windows:
+                    if window[0] is reader:
+                        low, high = window[1], window[2]
+                        window[1], window[2] = float("inf"), float("-inf")
+                        break
+                else:
+                    if len(self.windows) >= 8:  # readers come and go in tests: keep the newest
+                        del self.windows[0]
+                    self.windows.append([reader, float("inf"), float("-inf")])
+            return self.count, self.sum, low, high, list(self.counts), list(self.exemplars)
+
+    def reset(self) -> None:
+        """Zero it in place (a forked child reports only its own calls; bound objects stay valid)."""
+        self._lock = threading.Lock()  # the parent's lock may have been held at fork
+        self.counts = [0] * len(self.counts)
+        self.exemplars = [None] * len(self.exemplars)
+        self.count, self.sum = 0, 0.0
+        self.min, self.max = float("inf"), float("-inf")
+        self.windows = []
 
 
 class _Fast:
@@ -128,13 +159,17 @@ class BoundSum:
 
 
 class FastCounter(_Fast):
-    """A catalog counter: each attribute set a :class:`BoundSum`."""
+    """A catalog counter or up-down counter: each attribute set a :class:`BoundSum`."""
+
+    def __init__(self, spec: Metric) -> None:
+        super().__init__(spec)
+        self.monotonic = spec.instrument == "counter"
 
     def _new(self, attributes: Mapping[str, Any]) -> BoundSum:
         return BoundSum(attributes)
 
     def add(self, amount: float, attributes: Mapping[str, Any] | None = None, context: Any = None) -> None:
-        """Drop-in for the SDK's ``Counter.add``."""
+        """Drop-in for the SDK's ``Counter.add`` and ``UpDownCounter.add``."""
         self.bind(attributes or {}).add(amount)
 
 
@@ -191,7 +226,8 @@ def histogram(spec: Metric, make_sdk: Any) -> Any:
 
 
 def counter(spec: Metric, make_sdk: Any) -> Any:
-    """The counter for ``spec``: summed in place when a reader of ours exports it, else the SDK's."""
+    """The counter or up-down counter for ``spec``: summed in place when a reader of ours exports it, else
+    the SDK's."""
     return _instrument(_counters, FastCounter, spec, make_sdk)
 
 
@@ -213,23 +249,20 @@ def forget_recorded() -> None:
     for hist in histograms:
         hist._lock = threading.Lock()  # the parent's locks may have been held at fork
         for bound in hist.bounds_list():
-            bound._lock = threading.Lock()
-            bound.counts = [0] * len(bound.counts)
-            bound.exemplars = [None] * len(bound.exemplars)
-            bound.count, bound.sum = 0, 0.0
-            bound.min, bound.max = float("inf"), float("-inf")
+            bound.reset()
     for fast in counters:
         fast._lock = threading.Lock()
         for total in fast.bounds_list():
             total._lock = threading.Lock()
             total.total = 0
     _state["start"] = time_ns()
+    _state["generation"] += 1  # readers forget what they exported before: their deltas start again from zero
 
 
 # -- export ------------------------------------------------------------------------------------------
 
 
-def _sums(delta: bool, seen: dict[int, tuple[Any, ...]], now: int) -> list[Any]:
+def _sums(delta: bool, seen: dict[int, tuple[Any, ...]], now: int, updown_delta: bool = False) -> list[Any]:
     from opentelemetry.sdk.metrics.export import AggregationTemporality, NumberDataPoint, Sum
     from opentelemetry.sdk.metrics.export import Metric as SdkMetric
 
@@ -237,32 +270,34 @@ def _sums(delta: bool, seen: dict[int, tuple[Any, ...]], now: int) -> list[Any]:
         counters = list(_counters.values())
     out = []
     for fast in counters:
+        monotonic = fast.monotonic
+        as_delta = delta if monotonic else updown_delta
         points = []
         for bound in fast.bounds_list():
             with bound._lock:
                 value = bound.total
             start = _state["start"]
-            if delta:
+            if as_delta:
                 last = seen.get(id(bound))
                 seen[id(bound)] = (value, now)
                 if last is not None:
                     if value == last[0]:
                         continue
                     value, start = value - last[0], last[1]
-            elif value == 0:
-                continue
+            elif value == 0 and monotonic:
+                continue  # never counted; an up-down sum back at zero is reported as zero, like the SDK's
             points.append(NumberDataPoint(attributes=bound.attributes, start_time_unix_nano=start,
                                           time_unix_nano=now, value=value))
         if points:
-            temporality = AggregationTemporality.DELTA if delta else AggregationTemporality.CUMULATIVE
+            temporality = AggregationTemporality.DELTA if as_delta else AggregationTemporality.CUMULATIVE
             out.append(SdkMetric(name=fast.spec.name, description=fast.spec.description, unit=fast.spec.unit,
                                  data=Sum(data_points=points, aggregation_temporality=temporality,
-                                          is_monotonic=True)))
+                                          is_monotonic=monotonic)))
     return out
 
 
 def _points(reader_key: int, delta: bool, previous: dict[int, dict[int, tuple[Any, ...]]], now: int,
-            counters_delta: bool = False) -> list[Any]:
+            counters_delta: bool = False, updown_delta: bool = False) -> list[Any]:
     from opentelemetry.sdk.metrics import Exemplar
     from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint
     from opentelemetry.sdk.metrics.export import Metric as SdkMetric
@@ -270,11 +305,11 @@ def _points(reader_key: int, delta: bool, previous: dict[int, dict[int, tuple[An
     with _lock:
         histograms = list(_histograms.values())
     seen = previous.setdefault(reader_key, {})
-    out = _sums(counters_delta, previous.setdefault(reader_key + 1, {}), now)
+    out = _sums(counters_delta, previous.setdefault(reader_key + 1, {}), now, updown_delta)
     for hist in histograms:
         points = []
         for bound in hist.bounds_list():
-            count, total, low, high, counts, exemplars = bound.snapshot()
+            count, total, low, high, counts, exemplars = bound.snapshot(seen if delta else None)
             if count == 0:
                 continue
             start = _state["start"]
@@ -287,6 +322,8 @@ def _points(reader_key: int, delta: bool, previous: dict[int, dict[int, tuple[An
                     count, total = count - last[0], total - last[1]
                     counts = [a - b for a, b in zip(counts, last[2])]
                     start = last[3]
+                    # a delta point's exemplars are its interval's: a bucket keeps its last one until replaced
+                    exemplars = [e if e is not None and e[1] >= start else None for e in exemplars]
             points.append(HistogramDataPoint(
                 attributes=bound.attributes, start_time_unix_nano=start, time_unix_nano=now, count=count,
                 sum=total, bucket_counts=counts, explicit_bounds=list(hist.bounds), min=low, max=high,
@@ -299,15 +336,16 @@ def _points(reader_key: int, delta: bool, previous: dict[int, dict[int, tuple[An
 
 
 def merge(metrics_data: Any, reader_key: int, delta: bool, previous: dict[int, dict[int, tuple[Any, ...]]],
-          counters_delta: bool = False) -> Any:
+          counters_delta: bool = False, updown_delta: bool = False) -> Any:
     """``metrics_data`` from the SDK (or None) plus our aggregates, as one MetricsData (or None if empty).
 
-    ``delta``/``counters_delta``: the reader's temporality for histograms and for counters.
+    ``delta``/``counters_delta``/``updown_delta``: the reader's temporality for histograms, counters and
+    up-down counters.
     """
     from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-    ours = _points(reader_key, delta, previous, time_ns(), counters_delta)
+    ours = _points(reader_key, delta, previous, time_ns(), counters_delta, updown_delta)
     if not ours:
         return metrics_data
     resource_metrics: Sequence[Any] = list(metrics_data.resource_metrics) if metrics_data is not None else []
@@ -342,14 +380,23 @@ class MergingReader:
             return
         from opentelemetry.sdk.metrics import Counter as SdkCounter
         from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+        from opentelemetry.sdk.metrics import UpDownCounter as SdkUpDownCounter
         from opentelemetry.sdk.metrics.export import AggregationTemporality
 
         metrics_data = self._collect(self, timeout_millis=timeout_millis)  # type: ignore[attr-defined]
-        temporality = self._instrument_class_temporality  # type: ignore[attr-defined]
+        # The reader's table is keyed by the SDK's private instrument classes (subclasses of the public ones)
+        table = self._instrument_class_temporality  # type: ignore[attr-defined]
         previous = self.__dict__.setdefault("_instrument_previous", {})
+        if self.__dict__.get("_instrument_generation") != _state["generation"]:
+            previous.clear()  # the aggregates were zeroed (a forked child, a test's capture.clear())
+            self.__dict__["_instrument_generation"] = _state["generation"]
+
+        def delta(kind: type) -> bool:
+            return any(issubclass(cls, kind) and t == AggregationTemporality.DELTA for cls, t in table.items())
+
         try:
-            metrics_data = merge(metrics_data, 0, temporality.get(SdkHistogram) == AggregationTemporality.DELTA,
-                                 previous, temporality.get(SdkCounter) == AggregationTemporality.DELTA)
+            metrics_data = merge(metrics_data, 0, delta(SdkHistogram), previous, delta(SdkCounter),
+                                 delta(SdkUpDownCounter))
         except Exception as exc:  # noqa: BLE001 - never lose the SDK's own metrics because of ours
             from instrument._safety import report
 

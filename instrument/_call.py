@@ -64,7 +64,7 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
     if textmap is _w3c_textmap[0] and not _get_value(_BAGGAGE_KEY):
         sc = span.get_span_context()
         if sc.is_valid:
-            carrier["traceparent"] = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"
+            carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc.trace_id, sc.span_id, sc.trace_flags)
             if sc.trace_state:
                 carrier["tracestate"] = sc.trace_state.to_header()
         return

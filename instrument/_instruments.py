@@ -30,8 +30,9 @@ def meter() -> metrics.Meter:
 def get(name: str) -> Any:
     """The instrument for catalog metric ``name`` (histograms carry the advisory bucket boundaries).
 
-    Histograms are aggregated in place (:mod:`instrument._aggregates`) when the toolkit's own reader
-    exports them; both kinds offer ``record(value, attributes)`` and ``bind(attributes).record(value)``.
+    Histograms, counters and up-down counters are aggregated in place (:mod:`instrument._aggregates`) when
+    the toolkit's own reader exports them, else they are the SDK's; either way histograms offer
+    ``record(value, attributes)`` and ``bind(attributes).record(value)``, sums ``add`` and ``bind().add``.
     """
     spec = BY_NAME[name]
     m = meter()
@@ -47,7 +48,10 @@ def get(name: str) -> Any:
         return _aggregates.counter(spec, lambda: m.create_counter(spec.name, unit=spec.unit,
                                                                   description=spec.description))
     if spec.instrument == "updowncounter":
-        return m.create_up_down_counter(spec.name, unit=spec.unit, description=spec.description)
+        from instrument import _aggregates
+
+        return _aggregates.counter(spec, lambda: m.create_up_down_counter(spec.name, unit=spec.unit,
+                                                                          description=spec.description))
     raise ValueError(f"{name} is observable: use observe()")
 
 

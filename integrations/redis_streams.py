@@ -69,18 +69,27 @@ def _endpoint(client: Any) -> Endpoint | None:
     return found
 
 
-def _passthrough(instance: Any) -> bool:
-    # Pipelines queue commands (their result is the pipeline); cluster clients route per key.
-    return "Pipeline" in type(instance).__name__ or not hasattr(instance, "connection_pool")
+_PASS, _SYNC, _ASYNC = 0, 1, 2
+_kinds: dict[type, int] = {}
 
 
-def _is_async(instance: Any) -> bool:
-    return type(instance).__module__.startswith("redis.asyncio")
+def _kind(instance: Any) -> int:
+    """How a client class runs stream commands, decided once per class: pipelines queue commands (their
+    result is the pipeline) and cluster clients route per key, so both pass through."""
+    cls = type(instance)
+    found = _kinds.get(cls)
+    if found is None:
+        if "Pipeline" in cls.__name__ or not hasattr(instance, "connection_pool"):
+            found = _PASS
+        else:
+            found = _ASYNC if cls.__module__.startswith("redis.asyncio") else _SYNC
+        _kinds[cls] = found
+    return found
 
 
-def _run(ep: Endpoint, instance: Any, op: Any, fn: Callable[..., Any], args: tuple[Any, ...],
+def _run(ep: Endpoint, kind: int, op: Any, fn: Callable[..., Any], args: tuple[Any, ...],
          kwargs: dict[str, Any], **options: Any) -> Any:
-    if _is_async(instance):
+    if kind == _ASYNC:
         return ep.acall(op, fn, args, kwargs, **options)  # the caller awaits it
     return ep.call(op, fn, args, kwargs, **options)
 
@@ -89,31 +98,30 @@ def _run(ep: Endpoint, instance: Any, op: Any, fn: Callable[..., Any], args: tup
 
 
 def _xadd(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _passthrough(instance):
+    kind = _kind(instance)
+    if kind == _PASS:
         return wrapped(*args, **kwargs)
     name = args[0] if args else kwargs.get("name")
     fields = args[1] if len(args) > 1 else kwargs.get("fields")
     if name is None or not isinstance(fields, dict):
         return wrapped(*args, **kwargs)
     ep = _endpoint(instance)
-    stream = _text(name)
     carrier: dict[str, str] = {}
-    rest = args[2:]
+    if kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "fields")}
+    return _run(ep, kind, _messaging.publish_op(ep, _text(name)), _send_async if kind == _ASYNC else _send,
+                (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier, on_result=_entry_id)
 
-    def xadd(**kw: Any) -> Any:
-        # The pipeline has injected into `carrier` by now; add it to a copy of the fields.
-        return wrapped(name, {**fields, **carrier}, *rest, **kw)
 
-    if _is_async(instance):
-        async def axadd(**kw: Any) -> Any:
-            return await xadd(**kw)
+def _send(wrapped: Any, name: Any, fields: dict[Any, Any], carrier: dict[str, str], rest: tuple[Any, ...],
+          **kwargs: Any) -> Any:
+    # The pipeline has injected into `carrier` by now: the entry carries it next to the application's fields.
+    return wrapped(name, {**fields, **carrier}, *rest, **kwargs)
 
-        fn: Callable[..., Any] = axadd
-    else:
-        fn = xadd
-    kw = {k: v for k, v in kwargs.items() if k not in ("name", "fields")}
-    return _run(ep, instance, _messaging.publish_op(ep, stream), fn, (), kw, carrier=carrier,
-                on_result=_entry_id)
+
+async def _send_async(wrapped: Any, name: Any, fields: dict[Any, Any], carrier: dict[str, str],
+                      rest: tuple[Any, ...], **kwargs: Any) -> Any:
+    return await wrapped(name, {**fields, **carrier}, *rest, **kwargs)
 
 
 def _entry_id(span: Any, result: Any) -> None:
@@ -142,7 +150,8 @@ def _entries(result: Any) -> list[tuple[Any, Any]]:
 
 
 def _read(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _passthrough(instance):
+    kind = _kind(instance)
+    if kind == _PASS:
         return wrapped(*args, **kwargs)
     group = getattr(wrapped, "__name__", "") == "xreadgroup"
     bound = dict(zip(("groupname", "consumername", "streams") if group else ("streams",), args))
@@ -161,14 +170,14 @@ def _read(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, 
             state.count = len(entries)  # consumed.messages counts entries, not reads
         return result
 
-    if _is_async(instance):
+    if kind == _ASYNC:
         async def fn(*a: Any, **k: Any) -> Any:
             return count(await wrapped(*a, **k))
     else:
         def fn(*a: Any, **k: Any) -> Any:
             return count(wrapped(*a, **k))
 
-    return _run(ep, instance, _messaging.receive_op(ep, destination), fn, args, kwargs, attributes=attributes,
+    return _run(ep, kind, _messaging.receive_op(ep, destination), fn, args, kwargs, attributes=attributes,
                 on_result=_link_entries)
 
 
@@ -191,11 +200,12 @@ def _fields_as_headers(fields: Any) -> dict[str, Any]:
 
 
 def _xack(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _passthrough(instance):
+    kind = _kind(instance)
+    if kind == _PASS:
         return wrapped(*args, **kwargs)
     name = args[0] if args else kwargs.get("name")
     ep = _endpoint(instance)
-    return _run(ep, instance, _messaging.settle_op(ep, "ack", _text(name) if name is not None else None),
+    return _run(ep, kind, _messaging.settle_op(ep, "ack", _text(name) if name is not None else None),
                 wrapped, args, kwargs)
 
 

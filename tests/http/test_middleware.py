@@ -232,3 +232,38 @@ def test_two_services_one_trace(tel, patched):  # type: ignore[no-untyped-def]
     assert call.parent.span_id == shop_span.context.span_id
     assert inventory_span.parent.span_id == call.context.span_id
     assert call.attributes["server.port"] == inventory_port
+
+
+def _active_sum(tel: Any) -> tuple[float | None, bool | None]:
+    """The served-requests-in-flight sum for GET over http as exported now: (value, is_monotonic)."""
+    data = tel._parts["reader"].get_metrics_data()  # noqa: SLF001 - the raw SDK points, for is_monotonic
+    for rm in data.resource_metrics if data is not None else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "http.server.active_requests":
+                    for p in metric.data.data_points:
+                        if dict(p.attributes) == {"http.request.method": "GET", "url.scheme": "http"}:
+                            return p.value, metric.data.is_monotonic
+    return None, None
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_active_requests_counts_a_request_while_it_runs_and_reports_zero_after(tel, kind):  # type: ignore[no-untyped-def]
+    during: list[tuple[float | None, bool | None]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        during.append(_active_sum(tel))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def aapp(scope: Any, receive: Any, send: Any) -> None:
+        during.append(_active_sum(tel))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    serve = serve_wsgi(WsgiMiddleware(app)) if kind == "wsgi" else serve_asgi(AsgiMiddleware(aapp))
+    with serve as port:
+        assert fetch(port, "/")[0] == 200
+    wait_spans(tel, 1, SpanKind.SERVER)
+    assert during == [(1, False)]  # an up-down sum, one request in flight
+    assert _active_sum(tel) == (0, False)  # back to zero, and still reported (as the SDK's own sum would be)
