@@ -26,12 +26,14 @@ from typing import Any
 from instrument._catalog import Metric
 
 __all__ = ["Bound", "BoundSum", "FastCounter", "FastHistogram", "MergingReader", "counter", "enable", "enabled",
-           "forget_recorded", "histogram", "use_resource"]
+           "forget_recorded", "histogram", "use_exemplar_filter", "use_resource"]
 
 _lock = threading.Lock()
 _histograms: dict[str, FastHistogram] = {}
 _counters: dict[str, FastCounter] = {}
 _state = {"enabled": False, "resource": None, "start": time_ns(), "generation": 0}
+_ALWAYS_OFF, _TRACE_BASED, _ALWAYS_ON = 0, 1, 2
+_exemplars = [_TRACE_BASED]  # OTEL_METRICS_EXEMPLAR_FILTER, as the SDK's instruments apply it
 
 SCOPE_NAME = "instrument"
 
@@ -55,7 +57,8 @@ class Bound:
         self._lock = threading.Lock()
 
     def record(self, value: float, span_context: Any = None) -> None:
-        """Add ``value``; with a sampled ``span_context`` it becomes its bucket's exemplar."""
+        """Add ``value``; with a sampled ``span_context`` it becomes its bucket's exemplar (with any, or
+        none, under OTEL_METRICS_EXEMPLAR_FILTER=always_on or always_off)."""
         i = bisect_left(self.bounds, value)
         with self._lock:
             self.counts[i] += 1
@@ -70,8 +73,12 @@ class Bound:
                     window[1] = value
                 if value > window[2]:
                     window[2] = value
-            if span_context is not None and span_context.trace_flags.sampled:
-                self.exemplars[i] = (value, time_ns(), span_context.span_id, span_context.trace_id)
+            rule = _exemplars[0]
+            if rule and (rule == _ALWAYS_ON or (span_context is not None and span_context.trace_flags.sampled)):
+                if span_context is not None and span_context.is_valid:
+                    self.exemplars[i] = (value, time_ns(), span_context.span_id, span_context.trace_id)
+                else:
+                    self.exemplars[i] = (value, time_ns(), None, None)
 
     def snapshot(self, reader: object = None) -> tuple[int, float, float, float, list[int], list[Any]]:
         """The running totals; for a delta ``reader``, min and max since its previous snapshot (the first
@@ -209,6 +216,17 @@ def enable(resource: Any) -> None:
     """Called when a reader of ours is installed: histograms made from now on aggregate in place."""
     _state["enabled"] = True
     _state["resource"] = resource
+
+
+def use_exemplar_filter(name: str) -> Any:
+    """Apply OTEL_METRICS_EXEMPLAR_FILTER (``trace_based``, ``always_on``, ``always_off``) to our histograms;
+    returns the SDK's filter of that name, for the MeterProvider (its own instruments do the same)."""
+    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, AlwaysOnExemplarFilter, TraceBasedExemplarFilter
+
+    rule, sdk = {"always_off": (_ALWAYS_OFF, AlwaysOffExemplarFilter), "always_on": (_ALWAYS_ON, AlwaysOnExemplarFilter),
+                 "trace_based": (_TRACE_BASED, TraceBasedExemplarFilter)}[name]
+    _exemplars[0] = rule
+    return sdk()
 
 
 def use_resource(resource: Any) -> None:

@@ -229,7 +229,8 @@ def setup(settings: Settings) -> Providers:
                 _export.CountingExporter(_exporter("metrics", settings.metrics), "metrics"),
                 export_interval_millis=settings.metric_export_interval * 1000,
                 export_timeout_millis=settings.metrics.timeout * 1000))
-        mp = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+        mp = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False,
+                           exemplar_filter=_aggregates.use_exemplar_filter(settings.exemplar_filter))
         metrics.set_meter_provider(mp)
         providers.owned.append(mp)
         current_mp = mp

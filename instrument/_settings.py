@@ -124,6 +124,8 @@ class Settings:
     sampler_arg: float | None = None
     propagators: tuple[str, ...] = ("tracecontext", "baggage")
     metric_export_interval: float = 60.0
+    metrics_temporality: str = "cumulative"
+    exemplar_filter: str = "trace_based"
     integrations: tuple[str, ...] = ()  # empty: all
     disabled_integrations: frozenset[str] = frozenset()
     log_level: str = "info"
@@ -189,6 +191,10 @@ class Settings:
             propagators=tuple(p for p in propagators if p != "none"),
             metric_export_interval=_number(env, "OTEL_METRIC_EXPORT_INTERVAL", 60.0, minimum=1, scale=0.001,
                                            unit="milliseconds") if env.get("OTEL_METRIC_EXPORT_INTERVAL") else 60.0,
+            metrics_temporality=_choice(env, "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative",
+                                        ("cumulative", "delta", "lowmemory")),
+            exemplar_filter=_choice(env, "OTEL_METRICS_EXEMPLAR_FILTER", "trace_based",
+                                    ("trace_based", "always_on", "always_off")),
             integrations=integrations if "all" not in integrations else (),
             disabled_integrations=disabled,
             log_level=_choice(env, "INSTRUMENT_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")),
@@ -318,6 +324,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("OTEL_TRACES_SAMPLER_ARG", "1.0", "probability in [0, 1]", "Ratio for the traceidratio samplers."),
     Variable("OTEL_PROPAGATORS", "tracecontext,baggage", ", ".join(_PROPAGATORS), "Context propagation formats."),
     Variable("OTEL_METRIC_EXPORT_INTERVAL", "60000", "milliseconds >= 1", "How often metrics are exported."),
+    Variable("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative", "cumulative, delta, lowmemory",
+             "Temporality of exported counters and histograms (up-down counters stay cumulative)."),
+    Variable("OTEL_METRICS_EXEMPLAR_FILTER", "trace_based", "trace_based, always_on, always_off",
+             "Which measurements may become exemplars: those in a sampled trace, all, or none."),
     Variable("INSTRUMENT_ENABLED", "true", "true/false", "Master switch: false patches nothing."),
     Variable("INSTRUMENT_SERVICE_VERSION", "", "any string", "service.version of the resource."),
     Variable("INSTRUMENT_INTEGRATIONS", "all", "comma-separated integration names, or all",

@@ -27,6 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 __all__ = ["LogRecord", "MetricPoint", "OtlpReceiver", "Span"]
 
+_TEMPORALITY = {1: "delta", 2: "cumulative"}
 _KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
 
 
@@ -80,6 +81,8 @@ class MetricPoint:
     bucket_counts: list[int] = field(default_factory=list)
     bounds: list[float] = field(default_factory=list)
     monotonic: bool = False
+    temporality: str = ""  # "cumulative" or "delta" (sums and histograms)
+    exemplar_trace_ids: list[str] = field(default_factory=list)  # hex; "" for an exemplar without a trace
 
 
 @dataclass
@@ -246,16 +249,19 @@ class OtlpReceiver:
                             continue
                         which = m.WhichOneof("data")
                         data = getattr(m, which)
+                        temporality = _TEMPORALITY.get(getattr(data, "aggregation_temporality", 0), "")
                         for p in data.data_points:
                             attrs = _attrs(p.attributes)
                             if which == "histogram":
                                 out.append(MetricPoint(m.name, m.unit, "histogram", attrs, float(p.count), resource,
                                                        sum=p.sum, bucket_counts=list(p.bucket_counts),
-                                                       bounds=list(p.explicit_bounds)))
+                                                       bounds=list(p.explicit_bounds), temporality=temporality,
+                                                       exemplar_trace_ids=[e.trace_id.hex() for e in p.exemplars]))
                             elif which in ("sum", "gauge"):
                                 value = p.as_double if p.WhichOneof("value") == "as_double" else float(p.as_int)
                                 out.append(MetricPoint(m.name, m.unit, which, attrs, value, resource,
-                                                       monotonic=which == "sum" and data.is_monotonic))
+                                                       monotonic=which == "sum" and data.is_monotonic,
+                                                       temporality=temporality))
         return out
 
     def logs(self) -> list[LogRecord]:

@@ -8,6 +8,8 @@ monotonicity (an up-down sum stays cumulative and is reported at zero, as the OT
 
 from __future__ import annotations
 
+import json
+import textwrap
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMet
 
 from instrument import _aggregates, _instruments
 from instrument._catalog import BY_NAME
+from tests.conftest import run_python
 
 HISTOGRAM, COUNTER, UPDOWN = "http.server.request.duration", "messaging.client.sent.messages", \
     "http.server.active_requests"
@@ -103,3 +106,38 @@ def test_a_delta_reader_starts_again_from_zero_when_the_aggregates_are_zeroed(te
     assert exported[(COUNTER, frozenset(attrs.items()))] == (DELTA, True, 2)
     temporality, count, total, _buckets, low, high = exported[(HISTOGRAM, frozenset(attrs.items()))]
     assert (temporality, count, total, low, high) == (DELTA, 1, 0.25, 0.25, 0.25)
+
+
+_EXPORT = textwrap.dedent("""
+    import json
+    import instrument
+    instrument.init()
+    from opentelemetry import trace
+    from instrument import _messaging
+
+    ep = _messaging.client_endpoint("kafka", "broker", 9092)
+    with trace.get_tracer("app").start_as_current_span("parent") as parent:
+        ep.call(_messaging.publish_op(ep, "orders"), lambda: None, (), {})
+    instrument.shutdown(5)
+    print(json.dumps({"trace_id": f"{parent.get_span_context().trace_id:032x}"}))
+""")
+
+
+@pytest.mark.parametrize(("env", "exemplar", "temporality"), [
+    ({}, "the call's trace", "cumulative"),
+    ({"OTEL_METRICS_EXEMPLAR_FILTER": "always_off"}, None, "cumulative"),
+    ({"OTEL_METRICS_EXEMPLAR_FILTER": "always_on", "OTEL_TRACES_SAMPLER": "always_off"}, "the call's trace",
+     "cumulative"),
+    ({"OTEL_TRACES_SAMPLER": "always_off"}, None, "cumulative"),  # trace_based: not sampled, no exemplar
+    ({"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "delta"}, "the call's trace", "delta"),
+], ids=["default", "always_off", "always_on-unsampled", "trace_based-unsampled", "delta"])
+def test_exported_points_follow_the_exemplar_filter_and_temporality_preference(receiver, env, exemplar,
+                                                                               temporality) -> None:
+    result = run_python(_EXPORT, env={**receiver.env("grpc"), **env}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    trace_id = json.loads(result.stdout.strip().splitlines()[-1])["trace_id"]
+    duration = receiver.wait_for(lambda: receiver.metric_points("messaging.client.operation.duration"))[-1]
+    sent = receiver.wait_for(lambda: receiver.metric_points("messaging.client.sent.messages"))[-1]
+    assert duration.value == 1 and sent.value == 1
+    assert duration.temporality == sent.temporality == temporality
+    assert duration.exemplar_trace_ids == ([trace_id] if exemplar else [])

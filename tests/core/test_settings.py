@@ -44,6 +44,8 @@ def test_every_variable_parses():
         "OTEL_TRACES_SAMPLER_ARG": "0.25",
         "OTEL_PROPAGATORS": "tracecontext",
         "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "Delta",
+        "OTEL_METRICS_EXEMPLAR_FILTER": "always_off",
         "INSTRUMENT_ENABLED": "yes",
         "INSTRUMENT_SERVICE_VERSION": "1.2.3",
         "INSTRUMENT_INTEGRATIONS": "requests,redis",
@@ -72,6 +74,7 @@ def test_every_variable_parses():
     assert s.sampler == "parentbased_traceidratio" and s.sampler_arg == 0.25
     assert s.propagators == ("tracecontext",)
     assert s.metric_export_interval == 5.0
+    assert s.metrics_temporality == "delta" and s.exemplar_filter == "always_off"
     assert s.integrations == ("requests", "redis") and s.disabled_integrations == {"redis"}
     assert s.log_level == "debug" and s.log_format == "json"
     assert s.slow_call_threshold == 0.5 and s.shutdown_timeout == 1.0
@@ -106,6 +109,8 @@ BAD = [
     ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
     ("OTEL_PROPAGATORS", "tracecontext,xray"),
     ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+    ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "sometimes"),
+    ("OTEL_METRICS_EXEMPLAR_FILTER", "trace"),
     ("INSTRUMENT_ENABLED", "2"),
     ("INSTRUMENT_INTEGRATIONS", "requests,mongo"),
     ("INSTRUMENT_DISABLED_INTEGRATIONS", "kafka"),
