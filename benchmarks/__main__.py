@@ -216,6 +216,14 @@ def run_memory(args: argparse.Namespace) -> tuple[Table, float]:
     return table, growth
 
 
+def _close_all(ctx: Ctx) -> None:
+    while ctx.closers:
+        try:
+            ctx.closers.pop()()
+        except Exception:  # noqa: BLE001, S110 - a client that cannot close must not hide the results
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="few rounds and calls (CI: proves it works)")
@@ -253,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             if any(load(k).needs_http for k in keys):
                 http = servers.Subprocess("http")
                 ctx.http_port = http.port
-            table, summary = run_ops(keys, args, tel, ctx)
+            try:
+                table, summary = run_ops(keys, args, tel, ctx)
+            finally:
+                # Clients close when their section ends: an idle pika connection left open through the other
+                # sections misses its heartbeats and the broker drops it (logged as errors at exit).
+                _close_all(ctx)
             tables.append(table)
             for s in summary:
                 ok = s["ratio_bt"] is not None and s["ratio_bt"] <= TARGETS["ratio"]
@@ -293,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             verdicts.append(f"{'MET ' if growth <= TARGETS['memory_mb'] else 'MISS'} memory growth: {growth:+.1f} MB "
                             f"(target <= {TARGETS['memory_mb']:.0f} MB)")
     finally:
-        for close in reversed(ctx.closers):
-            try:
-                close()
-            except Exception:  # noqa: BLE001, S110
-                pass
+        _close_all(ctx)
         if http is not None:
             http.stop()
         if sink is not None:
