@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -86,6 +87,28 @@ class Result:
         if ref <= 0:
             return None
         return self.overhead(name).median / ref
+
+    def ratio_interval(self, name: str, reference: str, *, level: float = 0.9,
+                       resamples: int = 2000) -> tuple[float, float] | None:
+        """A bootstrap interval of :meth:`ratio`: the rounds resampled with replacement (each round keeps
+        its pairing: both overheads are against that round's bare call). How far this run's ratio could be
+        moved by its own noise; None when too few rounds."""
+        base = self.per_call[self.bare]
+        pairs = [(v - b, r - b) for v, r, b in zip(self.per_call[name], self.per_call[reference], base)]
+        if len(pairs) < 5:
+            return None
+        rng = random.Random(0)  # the same run gives the same interval
+        ratios = []
+        for _ in range(resamples):
+            sample = rng.choices(pairs, k=len(pairs))
+            ref = statistics.median(r for _, r in sample)
+            if ref > 0:
+                ratios.append(statistics.median(v for v, _ in sample) / ref)
+        if len(ratios) < resamples // 2:
+            return None
+        ratios.sort()
+        tail = (1 - level) / 2
+        return ratios[int(tail * len(ratios))], ratios[int((1 - tail) * len(ratios)) - 1]
 
 
 CLOCKS = ("cpu", "wall")
