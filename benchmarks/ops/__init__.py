@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from benchmarks.ops._base import Ctx, OpSpec
 
-ALL = ("requests", "httpx", "urllib3", "redis", "redis_xadd", "psycopg", "psycopg_pool", "sqlalchemy", "pika")
+ALL = ("requests", "httpx", "urllib3", "redis", "redis_xadd", "psycopg", "psycopg_pool", "sqlalchemy", "pika",
+       "flask")
 
 __all__ = ["ALL", "Ctx", "OpSpec", "load"]
 
