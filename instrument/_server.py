@@ -63,8 +63,8 @@ class Request:
                 report("server detach", exc)
 
 
-_active_attrs: dict[tuple[str, str], dict[str, Any]] = {}
-_span_bases: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}  # (method, scheme) -> attributes, template
+# (method, scheme) -> their attributes (the span's validated once, and http.server.active_requests'), template
+_span_bases: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
 _metric_attrs: dict[tuple[str, str | None, int | None, str, str | None], dict[str, Any]] = {}
 
 
@@ -100,13 +100,8 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
     if len(_span_bases) < 256:
         _span_bases[key] = (base, template)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
-    active = _active_attrs.get(key)
-    if active is None:
-        active = {"http.request.method": method, "url.scheme": scheme}
-        if len(_active_attrs) < 256:
-            _active_attrs[key] = active
-    _instruments.get("http.server.active_requests").add(1, active)
-    return Request(span, method, scheme, token, active)
+    _instruments.get("http.server.active_requests").add(1, base)
+    return Request(span, method, scheme, token, base)
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, int | None]:

@@ -90,22 +90,18 @@ def _status(response: Any) -> int | None:
     return getattr(response, "status", None)
 
 
-_by_origin: dict[str, tuple[Endpoint, str]] = {}
+_by_origin: dict[str, Endpoint] = {}
 
 
 def _endpoint(url: str) -> Endpoint:
-    key = _origin_of(url)
-    found = _by_origin.get(key)
-    if found is None:
-        scheme, host, port = _http.host_port(url)
-        target, host, port = _http.origin(scheme, host, port)
-        ep = _http.client_endpoint("aiohttp", target, host, port, errors=_errors(host, port, scheme in ("https", "wss")), status_of=_status,
-                      apply_deadline=_with_deadline)
-        found = (ep, key)
-        if len(_by_origin) > 1024:
-            _by_origin.clear()
-        _by_origin[key] = found
-    return found[0]
+    return _http.remember(_by_origin, _origin_of(url), _origin_endpoint, url, limit=1024)
+
+
+def _origin_endpoint(url: str) -> Endpoint:
+    scheme, host, port = _http.host_port(url)
+    target, host, port = _http.origin(scheme, host, port)
+    return _http.client_endpoint("aiohttp", target, host, port, errors=_errors(host, port, scheme in ("https", "wss")),
+                                 status_of=_status, apply_deadline=_with_deadline)
 
 
 def _origin_of(url: str) -> str:

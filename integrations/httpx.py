@@ -69,16 +69,13 @@ _by_url: dict[str, Endpoint] = {}  # str(request.url) -> its origin's endpoint: 
 
 
 def _endpoint(url: httpx.URL) -> Endpoint:
-    key = (url.raw_scheme, url.raw_host, url.port)
-    found = _by_origin.get(key)
-    if found is None:
-        target, host, port = _http.origin(url.scheme, url.host, url.port)
-        found = _http.client_endpoint("httpx", target, host, port, errors=ERRORS,
-                         status_of=_status, apply_deadline=_with_deadline)
-        if len(_by_origin) > 1024:
-            _by_origin.clear()
-        _by_origin[key] = found
-    return found
+    return _http.remember(_by_origin, (url.raw_scheme, url.raw_host, url.port), _origin_endpoint, url, limit=1024)
+
+
+def _origin_endpoint(url: httpx.URL) -> Endpoint:
+    target, host, port = _http.origin(url.scheme, url.host, url.port)
+    return _http.client_endpoint("httpx", target, host, port, errors=ERRORS, status_of=_status,
+                                 apply_deadline=_with_deadline)
 
 
 def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Any, dict[str, Any], Any, Any] | None:

@@ -59,7 +59,7 @@ def _status(response: Any) -> int | None:
     return getattr(response, "status_code", None)
 
 
-_by_origin: dict[str, tuple[Endpoint, str]] = {}
+_by_origin: dict[str, Endpoint] = {}
 
 
 def _endpoint_for(url: str) -> Endpoint:
@@ -83,14 +83,7 @@ def _endpoint(url: str) -> Endpoint:
 
 
 def _origin_endpoint(url: str) -> Endpoint:
-    key = _origin_of(url)
-    found = _by_origin.get(key)
-    if found is None:
-        found = (_endpoint_for(url), key)
-        if len(_by_origin) > 1024:
-            _by_origin.clear()
-        _by_origin[key] = found
-    return found[0]
+    return _http.remember(_by_origin, _origin_of(url), _endpoint_for, url, limit=1024)
 
 
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
