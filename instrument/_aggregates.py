@@ -74,9 +74,11 @@ class Bound:
                 if value > window[2]:
                     window[2] = value
             rule = _exemplars[0]
-            if rule and (rule == _ALWAYS_ON or (span_context is not None and span_context.trace_flags.sampled)):
-                if span_context is not None and span_context.is_valid:
-                    self.exemplars[i] = (value, time_ns(), span_context.span_id, span_context.trace_id)
+            # span_context read as the tuple it is: [3] trace flags (bit 0: sampled), [5] is_valid, [1] span
+            # id, [0] trace id (its properties are Python calls; see instrument._span)
+            if rule and (rule == _ALWAYS_ON or (span_context is not None and span_context[3] & 1)):
+                if span_context is not None and span_context[5]:
+                    self.exemplars[i] = (value, time_ns(), span_context[1], span_context[0])
                 else:
                     self.exemplars[i] = (value, time_ns(), None, None)
 

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
@@ -38,17 +37,15 @@ __all__ = ["CallState", "ClientErrors", "Endpoint", "Op", "endpoint", "error_typ
 _perf = time.perf_counter
 _suppressed = _context.suppressed
 _current = _context.current
-_get_current_context = otel_context.get_current
-_SUPPRESS_KEY = _SUPPRESS_INSTRUMENTATION_KEY
-
-
-def _otel_suppressed() -> bool:
-    """OpenTelemetry's own suppression (set by the SDK around its exports, or suppress_instrumentation())."""
-    return bool(_get_current_context().get(_SUPPRESS_KEY))
+_otel_current = _context.otel_current  # OpenTelemetry's current Context
+_SUPPRESS_KEY = _SUPPRESS_INSTRUMENTATION_KEY  # OpenTelemetry's own suppression (the SDK's exports ...)
+_NonRecordingSpan = trace.NonRecordingSpan
+_CallSpan = _span.CallSpan
+_TRACE_ID, _SPAN_ID, _FLAGS, _STATE, _IS_VALID = _span.TRACE_ID, _span.SPAN_ID, _span.FLAGS, _span.STATE, _span.IS_VALID
+_OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_context`` (no method call)
 
 _set_span_in_context = trace.set_span_in_context
 _start_span = _span.start
-_get_value = otel_context.get_value
 _w3c_textmap: list[Any] = [None]  # set by _otel._setup_propagators to the composite it installed, if plain W3C
 
 
@@ -61,12 +58,12 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
     propagator) takes the generic path.
     """
     textmap = propagate.get_global_textmap()
-    if textmap is _w3c_textmap[0] and not _get_value(_BAGGAGE_KEY):
-        sc = span.get_span_context()
-        if sc.is_valid:
-            carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc.trace_id, sc.span_id, sc.trace_flags)
-            if sc.trace_state:
-                carrier["tracestate"] = sc.trace_state.to_header()
+    if textmap is _w3c_textmap[0] and not _otel_current().get(_BAGGAGE_KEY):
+        sc = span._context if span.__class__ in _OWN_SPANS else span.get_span_context()  # noqa: SLF001
+        if sc[_IS_VALID]:
+            carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc[_TRACE_ID], sc[_SPAN_ID], sc[_FLAGS])
+            if sc[_STATE]:
+                carrier["tracestate"] = sc[_STATE].to_header()
         return
     textmap.inject(carrier, context=_set_span_in_context(span))
 
@@ -140,7 +137,7 @@ class Op:
     """
 
     __slots__ = ("counter", "endpoint", "histogram", "idempotent", "metric_base", "name",
-                 "span_attributes", "span_kind", "span_name", "subject", "_metric_attrs", "_span_template")
+                 "span_attributes", "span_kind", "span_name", "subject", "_metric_attrs", "_ok", "_span_template")
 
     def __init__(self, endpoint: Endpoint, name: str, subject: str | None, *, span_name: str,
                  span_kind: SpanKind, histogram: str, counter: str | None, idempotent: bool,
@@ -157,6 +154,7 @@ class Op:
         self.metric_base = metric_base
         self._metric_attrs: dict[tuple[int | None, str | None], tuple[dict[str, Any], Any, Any]] = {}
         self._span_template: Any = None  # span_attributes validated once (instrument._span)
+        self._ok: tuple[dict[str, Any], Any, Any] | None = None  # outcome(None, None), once known
 
     def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
         """The (cached, shared, never mutated) metric attributes for one outcome."""
@@ -175,6 +173,8 @@ class Op:
             found = (attrs, self.histogram.bind(attrs), self.counter.bind(attrs) if self.counter else None)
             if len(self._metric_attrs) < 64:
                 self._metric_attrs[key] = found
+            if status is None and error is None:
+                self._ok = found
         return found
 
 
@@ -227,6 +227,8 @@ class Endpoint:
     _chain: Any = field(default=None, repr=False)
     _chain_generation: int = field(default=-1, repr=False)
     _in_flight: set[int] = field(default_factory=set, repr=False)
+    # (statement, parameterized, dialect) -> (Op, span attributes): instrument._dbapi.prepare's cache
+    statements: dict[tuple[str, bool, str | None], tuple[Op, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     # -- per operation ---------------------------------------------------------------------------
 
@@ -267,10 +269,11 @@ class Endpoint:
              on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
              links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
         """Run ``fn(*args, **kwargs)`` as ``op`` on this endpoint, with telemetry and policies."""
-        if _suppressed.get() or _otel_suppressed():
+        ctx = _otel_current()
+        if _suppressed.get() or ctx.get(_SUPPRESS_KEY):
             return fn(*args, **kwargs)
         try:
-            state = self._start(op, attributes, carrier, parent, links)
+            state = self._start(op, attributes, carrier, ctx if parent is None else parent, links)
             chain = self._chain if self._chain_generation == _context.generation.value else self._rebuild()
         except Exception as exc:  # noqa: BLE001 - never let our code break the call
             report("call start", exc)
@@ -285,10 +288,16 @@ class Endpoint:
             else:
                 result = chain.call(self._invoke, fn, args, kwargs, deadline_hook or self.apply_deadline)
         except BaseException as exc:
-            _restore(token, state_token, activated)
+            if activated is not None:
+                _detach(activated)
+            _current.reset(state_token)
+            _suppressed.reset(token)
             self._finish(state, None, exc, on_result)
             raise
-        _restore(token, state_token, activated)
+        if activated is not None:
+            _detach(activated)
+        _current.reset(state_token)
+        _suppressed.reset(token)
         self._finish(state, result, None, on_result)
         return result
 
@@ -297,10 +306,11 @@ class Endpoint:
                     on_result: Callable[[trace.Span, Any], None] | None = None, parent: Any = None,
                     links: Any = None, activate: bool = False, deadline_hook: DeadlineHook | None = None) -> Any:
         """The async twin of :meth:`call`: ``fn`` returns an awaitable."""
-        if _suppressed.get() or _otel_suppressed():
+        ctx = _otel_current()
+        if _suppressed.get() or ctx.get(_SUPPRESS_KEY):
             return await fn(*args, **kwargs)
         try:
-            state = self._start(op, attributes, carrier, parent, links)
+            state = self._start(op, attributes, carrier, ctx if parent is None else parent, links)
             chain = self._chain if self._chain_generation == _context.generation.value else self._rebuild()
         except Exception as exc:  # noqa: BLE001 - never let our code break the call
             report("call start", exc)
@@ -314,10 +324,16 @@ class Endpoint:
             else:
                 result = await chain.acall(self._ainvoke, fn, args, kwargs, deadline_hook or self.apply_deadline)
         except BaseException as exc:
-            _restore(token, state_token, activated)
+            if activated is not None:
+                _detach(activated)
+            _current.reset(state_token)
+            _suppressed.reset(token)
             self._finish(state, None, exc, on_result)
             raise
-        _restore(token, state_token, activated)
+        if activated is not None:
+            _detach(activated)
+        _current.reset(state_token)
+        _suppressed.reset(token)
         self._finish(state, result, None, on_result)
         return result
 
@@ -326,11 +342,12 @@ class Endpoint:
              links: Any = None, activate: bool = True) -> Iterator[CallState | None]:
         """A span (and metrics) around a block rather than a call: for work that spans a ``yield``,
         such as a consumer generator handing one message to the application. No policies apply."""
-        if _suppressed.get() or _otel_suppressed():
+        ctx = _otel_current()
+        if _suppressed.get() or ctx.get(_SUPPRESS_KEY):
             yield None
             return
         try:
-            state = self._start(op, attributes, None, parent, links)
+            state = self._start(op, attributes, None, ctx if parent is None else parent, links)
         except Exception as exc:  # noqa: BLE001 - never let our code break the block
             report("span start", exc)
             yield None
@@ -396,6 +413,9 @@ class Endpoint:
                     on_result(span, result)
             elif not isinstance(exc, (_CancelledError, GeneratorExit)):  # cancelled or abandoned: not an error
                 error = error_type(exc)
+            if span.__class__ is _NonRecordingSpan:  # sampled out: nothing to set, nothing to end
+                _finish_metrics(self, op, state, span._context, duration, status, error, exc)  # noqa: SLF001
+                return
             if span.is_recording():
                 if status is not None:
                     span.set_attribute("http.response.status_code", status)
@@ -421,12 +441,8 @@ class Endpoint:
                     else:
                         span.set_status(Status(_ERROR))
             span.end()
-            _attrs, histogram, counter = op.outcome(status, error)
-            histogram.record(duration, span.get_span_context())  # a sampled span becomes the exemplar
-            if counter is not None:
-                counter.add(state.count)
-            if error is not None or duration >= _slow_threshold[0]:
-                _log_call(self, state, duration, status, error, exc)
+            _finish_metrics(self, op, state, span._context if span.__class__ is _CallSpan else span.get_span_context(),  # noqa: SLF001
+                            duration, status, error, exc)
         except Exception as internal:  # noqa: BLE001 - never let our code break the call
             report("call finish", internal)
 
@@ -452,6 +468,18 @@ class Endpoint:
         return len(self._in_flight)
 
 
+def _finish_metrics(ep: Endpoint, op: Op, state: CallState, sc: Any, duration: float, status: int | None,
+                   error: str | None, exc: BaseException | None) -> None:
+    """The duration histogram (a sampled span becomes the exemplar), the counter, the failure/slow log."""
+    found = op._ok if status is None and error is None else None  # noqa: SLF001 - the common outcome, cached
+    _attrs, histogram, counter = found if found is not None else op.outcome(status, error)
+    histogram.record(duration, sc)
+    if counter is not None:
+        counter.add(state.count)
+    if error is not None or duration >= _slow_threshold[0]:
+        _log_call(ep, state, duration, status, error, exc)
+
+
 def _stack(exc: BaseException, text: str) -> str:
     """A stack trace whose last line is the cleaned message (frames' source lines scrubbed of URL secrets)."""
     from instrument._http import scrub
@@ -471,13 +499,6 @@ def _detach(activated: object) -> None:
         from opentelemetry import context
 
         context.detach(activated)
-
-
-def _restore(token: Any, state_token: Any, activated: object) -> None:
-    if activated is not None:
-        _detach(activated)
-    _current.reset(state_token)
-    _suppressed.reset(token)
 
 
 def _default_span_name(ep: Endpoint, name: str, subject: str | None) -> str:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from opentelemetry import context as _otel_context
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, get_value
 
 suppressed: ContextVar[bool] = ContextVar("instrument.suppressed", default=False)
@@ -26,6 +27,19 @@ _deadline: ContextVar[float | None] = ContextVar("instrument.deadline", default=
 # Public for policies on the hot path: set/reset the variable directly (a generator CM costs ~1 us per call).
 # Whoever sets it keeps an earlier outer deadline: min(at, deadline_var.get() or at).
 deadline_var = _deadline
+
+
+def _otel_current_getter() -> Any:
+    """OpenTelemetry's current Context, read straight from its ContextVar when the runtime context is the
+    default contextvars one (three Python calls fewer per read than ``context.get_current()``)."""
+    runtime = getattr(_otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime).__name__ == "ContextVarsRuntimeContext" and isinstance(var, ContextVar):
+        return var.get
+    return _otel_context.get_current
+
+
+otel_current = _otel_current_getter()
 
 
 class _Generation:

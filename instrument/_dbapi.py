@@ -114,6 +114,7 @@ def sql_errors(operational: type[BaseException], interface: type[BaseException] 
 # -- the statement call ------------------------------------------------------------------------------
 
 Canceller = Callable[[Any], None]
+_deadline = _context.deadline_var
 
 
 def _text(query: Any) -> str:
@@ -137,29 +138,35 @@ def _parameter_attributes(params: Any) -> dict[str, Any]:
     return out
 
 
+_STATEMENTS_MAX = 512  # per endpoint: services run the same few hundred statements over and over
+
+
 def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
             dialect: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The Op and the per-call span attributes for one statement."""
-    sql = _text(query)
+    """The Op and the per-call span attributes for one statement (shared: never mutate them)."""
     # an empty parameter set (SQLAlchemy passes {}) means the literals are in the text: sanitise it
     parameterized = params is not None and (not hasattr(params, "__len__") or len(params) > 0)
-    operation, collection, text = describe(sql, dialect or ep.system, parameterized)
-    op = ep.op(operation, collection)
-    attributes: dict[str, Any] = {"db.query.text": text}
+    key = (query, parameterized, dialect) if query.__class__ is str else None
+    found = ep.statements.get(key) if key is not None else None
+    if found is None:
+        operation, collection, text = describe(_text(query), dialect or ep.system, parameterized)
+        found = (ep.op(operation, collection), {"db.query.text": text})
+        if key is not None and len(ep.statements) < _STATEMENTS_MAX:
+            ep.statements[key] = found
+    op, attributes = found
     if batch is not None:
-        attributes["db.operation.batch.size"] = batch
-    if parameterized and batch is None and _settings.active().capture_sql_parameters:
-        attributes.update(_parameter_attributes(params))
+        attributes = {**attributes, "db.operation.batch.size": batch}
+    elif parameterized and _settings.active().capture_sql_parameters:
+        attributes = {**attributes, **_parameter_attributes(params)}
     return op, attributes
 
 
 def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any], abort: Canceller | None = None) -> Any:
     """Innermost step: arm the server-side cancel (and the abort) when the call runs under a deadline."""
-    left = _context.remaining() if cancel is not None else None
-    if left is None:
+    if cancel is None or _deadline.get() is None:
         return fn(*args, **kwargs)
-    handle = watchdog.arm(left, cancel, target, abort)  # type: ignore[arg-type]
+    handle = watchdog.arm(_context.remaining() or 0.0, cancel, target, abort)
     try:
         return fn(*args, **kwargs)
     except Exception as exc:
@@ -239,7 +246,14 @@ class _Watchdog:
         self._armed: dict[int, _Armed] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None  # reset by the thread itself when it ends
-        self._pid = 0  # the process that started it: a forked child starts its own
+        # A forked child has no watchdog thread (and a fresh lock: the parent's may have been held at fork)
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # the parent's statements are not the child's to cancel: their connections are the parent's
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._heap, self._armed, self._thread = [], {}, None
 
     def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
         handle = next(self._ids)
@@ -250,8 +264,7 @@ class _Watchdog:
             wake = not self._heap or due < self._heap[0][0]
             heapq.heappush(self._heap, (due, handle, handle, "cancel"))
             self._armed[handle] = _Armed(cancel, target, abort)
-            if self._thread is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
                 self._thread.start()
             elif wake:

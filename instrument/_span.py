@@ -23,7 +23,7 @@ from typing import Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Span, SpanProcessor, Tracer, sampling
+from opentelemetry.sdk.trace import Span, SpanProcessor, SynchronousMultiSpanProcessor, Tracer, sampling
 try:
     from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
 except ImportError:  # an SDK older than the one this path mirrors: Tracer.start_span throughout
@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import DEFAULT_TRACE_STATE, NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 __all__ = ["CallSpan", "start"]
 
@@ -41,11 +42,16 @@ _new = object.__new__
 _tuple_new = tuple.__new__
 _bits = random.getrandbits
 _DEFAULT_STATE = DEFAULT_TRACE_STATE
+_SAMPLED = TraceFlags.SAMPLED
 _UNSET = trace_api.Status(trace_api.StatusCode.UNSET)
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # W3C level 2 flag; SDKs that set it have the hooks below
 _QUIET_START = {SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start}
 _QUIET_ENDING = {getattr(cls, "_on_ending", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)}
 _PLAIN = {str, int, float, bool}
+# SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, is_valid). Its properties
+# are Python functions; on the hot path the fields are read by index (checked below, at import).
+TRACE_ID, SPAN_ID, IS_REMOTE, FLAGS, STATE, IS_VALID = range(6)
+assert tuple(SpanContext(3, 5, True, TraceFlags(1))) == (3, 5, True, 1, DEFAULT_TRACE_STATE, True)
 _KNOWN_SAMPLERS = (sampling.StaticSampler, sampling.TraceIdRatioBased, sampling.ParentBased,
                    sampling.ParentBasedTraceIdRatio)
 
@@ -96,13 +102,20 @@ class CallSpan(Span):
         if ended:
             Span.end(self)  # logs the SDK's "end() on an ended span" warning
             return
-        self._span_processor.on_end(self)
+        processor = self._span_processor
+        plan = _plan[0]
+        enders = plan.enders if plan is not None and plan.multi is processor else None
+        if enders is not None and plan.processors is processor._span_processors:  # noqa: SLF001
+            for on_end in enders:  # what the processors do on end, resolved once per processor set
+                on_end(self)
+        else:
+            processor.on_end(self)
 
 
 class _Plan:
     """What spans from one SDK tracer need, resolved once: or ``lean=False`` to use ``start_span``."""
 
-    __slots__ = ("flags", "id_generator", "lean", "limits", "multi", "plain", "processors", "random_ids", "real",
+    __slots__ = ("enders", "flags", "id_generator", "lean", "limits", "multi", "plain", "processors", "random_ids", "real",
                  "resource", "room", "root_random", "sampler", "shared", "source", "static")
 
     def __init__(self, source: Any) -> None:
@@ -110,7 +123,7 @@ class _Plan:
         real = getattr(source, "_real_tracer", source) or source  # a ProxyTracer's, once its provider is set
         self.real = real
         self.lean = False
-        self.multi = self.processors = self.sampler = self.resource = None
+        self.multi = self.processors = self.sampler = self.resource = self.enders = None
         if (type(real) is not Tracer or _RANDOM is None or not hasattr(real, "_is_enabled")
                 or NoOpTracerMetrics is None
                 or not isinstance(getattr(real, "_tracer_metrics", None), NoOpTracerMetrics)):
@@ -146,6 +159,7 @@ class _Plan:
             "_set_status_on_exception": True, "_span_processor": multi, "_limits": self.limits,
             "_record_end_metrics": None,
         }
+        self.enders = _enders(multi, processors)
         self.lean = True
 
     def current(self) -> bool:
@@ -161,6 +175,22 @@ class _Plan:
         """``attributes`` validated as the SDK validates a span's (cached on the op by the caller)."""
         return BoundedAttributes(self.limits.max_span_attributes, attributes, immutable=False,
                                  max_value_len=self.limits.max_span_attribute_length)
+
+
+def _enders(multi: Any, processors: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What ending a (sampled) span calls: each processor's ``on_end``, or for the SDK's batch processor
+    the queue's ``emit`` that its ``on_end`` calls for a sampled span; the multi-processor's loop and the
+    batch processor's sampled check (three property reads) are done here once instead of per span."""
+    if type(multi) is not SynchronousMultiSpanProcessor:
+        return (multi.on_end,)
+    enders = []
+    for p in processors:
+        queue = getattr(p, "_batch_processor", None)
+        if type(p) is BatchSpanProcessor and callable(getattr(queue, "emit", None)):
+            enders.append(queue.emit)
+        else:
+            enders.append(p.on_end)
+    return tuple(enders)
 
 
 def _static_decisions(sampler: Any) -> tuple[bool, bool, bool, bool, bool] | None:
@@ -186,7 +216,8 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     """A started span for a call, and the attribute template to cache for ``attributes`` (or None).
 
     ``template`` is the one previously returned for the same attributes and tracer (or None);
-    ``extra`` holds per-call attributes on top of them.
+    ``extra`` holds per-call attributes on top of them. ``parent`` is the Context to start the span in
+    (the current one, or an explicit parent's).
     """
     plan = _plan[0]
     if plan is None or plan.source is not source or not plan.current():
@@ -198,8 +229,9 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         validated = plan.template(attributes)
         state = {k: v for k, v in validated.__dict__.items() if k not in ("_dict", "_lock")}
         template = (plan, validated, state)
-    parent_sc = _get_current_span(parent).get_span_context()
-    if parent_sc is None or not parent_sc.is_valid:
+    current = parent.get(_SPAN_KEY) if parent is not None else _get_current_span()
+    parent_sc = current.get_span_context() if current is not None else None
+    if parent_sc is None or not parent_sc[IS_VALID]:
         parent_sc = None
         if plan.random_ids:
             trace_id = _bits(128)
@@ -211,11 +243,11 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         trace_state = None
         slot = 0
     else:
-        trace_id = parent_sc.trace_id
-        flags = parent_sc.trace_flags
+        trace_id = parent_sc[TRACE_ID]
+        flags = parent_sc[FLAGS]
         random_flag = flags & _RANDOM
-        trace_state = parent_sc.trace_state
-        slot = (1 if parent_sc.is_remote else 3) + (0 if flags & TraceFlags.SAMPLED else 1)
+        trace_state = parent_sc[STATE]
+        slot = (1 if parent_sc[IS_REMOTE] else 3) + (0 if flags & _SAMPLED else 1)
     static = plan.static
     if static is not None:
         sampled = static[slot]
@@ -234,7 +266,9 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     else:
         context = SpanContext(trace_id, plan.id_generator.generate_span_id(), False, flags, trace_state)
     if not sampled:  # the SDK's samplers record exactly what they sample
-        return NonRecordingSpan(context), template
+        span = _new(NonRecordingSpan)
+        span._context = context  # noqa: SLF001 - all that NonRecordingSpan.__init__ does
+        return span, template
     attrs = _new(BoundedAttributes)
     attrs.__dict__ = {**template[2], "_dict": template[1]._dict.copy(), "_lock": _Lock()}  # noqa: SLF001
     if extra:

@@ -46,20 +46,23 @@ TARGETS = (
     Target("psycopg", "AsyncConnection.cancel_safe", is_async=True),
 )
 
+_suppressed = _context.suppressed
+_CACHED = "_instrument_endpoint"  # a connection's endpoint, set by endpoint_for
+
 ERRORS = sql_errors(psycopg.OperationalError, psycopg.InterfaceError, timeout=pe.QueryCanceled,
                     timeouts=(pe.QueryCanceled, getattr(pe, "ConnectionTimeout", pe.QueryCanceled)))
 
 
 def endpoint_for(conn: Any) -> Endpoint:
     """The endpoint of a psycopg connection, resolved once and cached on it."""
-    ep = getattr(conn, "_instrument_endpoint", None)
+    ep = getattr(conn, _CACHED, None)
     if ep is None:
         info = conn.info
         host, port, dbname = info.host, info.port, info.dbname
         ep = endpoint("db", "postgresql", f"postgresql://{host}:{port}/{dbname}", server_address=host,
                       server_port=int(port) if port else None, namespace=dbname or None, errors=ERRORS)
         try:
-            conn._instrument_endpoint = ep
+            setattr(conn, _CACHED, ep)
         except AttributeError:
             pass
     return ep
@@ -105,8 +108,10 @@ def _query(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
 def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     conn = instance.connection
     query, params = _query(args, kwargs)
-    return execute(endpoint_for(conn), wrapped, args, kwargs, _render(query, conn), params, cancel=_cancel,
-                   target=conn, abort=_abort)
+    if query.__class__ is not str:
+        query = _render(query, conn)
+    return execute(getattr(conn, _CACHED, None) or endpoint_for(conn), wrapped, args, kwargs, query, params,
+                   cancel=_cancel, target=conn, abort=_abort)
 
 
 def _conn_endpoint(conn: Any) -> Endpoint | None:
@@ -120,12 +125,15 @@ def _conn_endpoint(conn: Any) -> Endpoint | None:
 def _conn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``Connection.execute``: the statement's span and policies start here, so that a closed connection's
     error (raised by ``cursor()``, before the cursor's execute) is a failed call too."""
-    ep = None if _context.suppressed.get() else _conn_endpoint(instance)
+    if _suppressed.get():
+        return wrapped(*args, **kwargs)
+    ep = getattr(instance, _CACHED, None) or _conn_endpoint(instance)
     if ep is None:
         return wrapped(*args, **kwargs)
     query, params = _query(args, kwargs)
-    return execute(ep, wrapped, args, kwargs, _render(query, instance), params, cancel=_cancel, target=instance,
-                   abort=_abort)
+    if query.__class__ is not str:
+        query = _render(query, instance)
+    return execute(ep, wrapped, args, kwargs, query, params, cancel=_cancel, target=instance, abort=_abort)
 
 
 async def _aconn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -201,7 +209,7 @@ def patch() -> None:
 
 
 def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _context.suppressed.get():  # inside Connection.execute (or another traced layer)
+    if _suppressed.get():  # inside Connection.execute (or another traced layer)
         return wrapped(*args, **kwargs)
     if getattr(wrapped, "__name__", "") == "executemany":
         return _executemany(wrapped, instance, args, kwargs)

@@ -38,15 +38,18 @@ def _snapshot(pool: Any) -> Snapshot | None:
                     max=pool.max_size, pending=stats.get("requests_waiting", 0))
 
 
+_METRICS = "_instrument_pool_metrics"  # a pool's PoolMetrics, kept on the pool
+
+
 def metrics_for(pool: Any) -> PoolMetrics:
-    found = pool.__dict__.get("_instrument_pool_metrics")
+    found = pool.__dict__.get(_METRICS)
     if found is None:
-        found = pool.__dict__["_instrument_pool_metrics"] = PoolMetrics(pool.name, pool, _snapshot)
+        found = pool.__dict__[_METRICS] = PoolMetrics(pool.name, pool, _snapshot)
     return found
 
 
 def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    metrics = metrics_for(instance)
+    metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
     start = _perf()
     try:
         conn = wrapped(*args, **kwargs)
@@ -54,7 +57,7 @@ def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         metrics.timed_out()
         raise
     now = _perf()
-    metrics.waited(now - start)
+    metrics._wait.record(now - start)  # noqa: SLF001 - PoolMetrics.waited, inlined on the hot path
     conn._instrument_checkout = now
     return conn
 
@@ -68,7 +71,7 @@ def _used(pool: Any, conn: Any) -> None:
     start = getattr(conn, "_instrument_checkout", None)
     if start is not None:
         conn._instrument_checkout = None
-        metrics_for(pool).used(_perf() - start)
+        (pool.__dict__.get(_METRICS) or metrics_for(pool))._use.record(_perf() - start)  # noqa: SLF001
 
 
 def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -138,10 +138,19 @@ def _command_name(args: tuple[Any, ...]) -> str:
 
 
 _names: dict[Any, str] = {}  # args[0] (str or bytes) -> its command name
+_OPS = "_instrument_ops"  # on a pool: args[0] -> (endpoint, op, None), for commands without a describer
+_NONE: dict[str, Any] = {}
+_deadline = _context.deadline_var
 
 
 def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mapping[str, Any] | None]:
     first = args[0] if args else None
+    pool = getattr(instance, "connection_pool", None)
+    ops = getattr(pool, "__dict__", _NONE).get(_OPS)
+    if ops is not None:
+        found = ops.get(first) if first.__class__ is str or first.__class__ is bytes else None
+        if found is not None and (not COMMAND_DESCRIBERS or _names.get(first) not in COMMAND_DESCRIBERS):
+            return found  # (a describer registered since the command was cached takes over)
     name = _names.get(first) if first.__class__ is str or first.__class__ is bytes else None
     if name is None:
         name = _command_name(args)
@@ -159,7 +168,13 @@ def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mappin
         if found is not None:
             return found
     ep = endpoint_for(instance)
-    return ep, ep.op(name), None
+    found = (ep, ep.op(name), None)
+    if pool is not None and (first.__class__ is str or first.__class__ is bytes):
+        if ops is None:
+            ops = pool.__dict__.setdefault(_OPS, {})
+        if len(ops) < 1024:
+            ops[first] = found
+    return found
 
 
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -205,7 +220,7 @@ _no_retry: list[Any] = []
 
 def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The innermost step of a sync command: under a deadline, the connections it uses are bounded by it."""
-    if _context.deadline() is None:
+    if _deadline.get() is None:
         return wrapped(*args, **kwargs)
     owner = object()
     token = _owner.set(owner)

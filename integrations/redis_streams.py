@@ -50,9 +50,13 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
+_ENDPOINT = "_instrument_stream_endpoint"  # on a connection pool: its messaging endpoint
+_NONE: dict[str, Any] = {}
+
+
 def _endpoint(client: Any) -> Endpoint | None:
     pool = getattr(client, "connection_pool", None)
-    found = getattr(pool, "__dict__", {}).get("_instrument_stream_endpoint")
+    found = getattr(pool, "__dict__", _NONE).get(_ENDPOINT)
     if found is not None:
         return found
     kwargs = getattr(pool, "connection_kwargs", None)
@@ -63,7 +67,7 @@ def _endpoint(client: Any) -> Endpoint | None:
     found = _messaging.client_endpoint("redis", host, port, ERRORS, scheme="redis")
     if pool is not None:
         try:
-            pool._instrument_stream_endpoint = found  # a pool's address never changes: resolve it once
+            setattr(pool, _ENDPOINT, found)  # a pool's address never changes: resolve it once
         except AttributeError:
             pass
     return found
@@ -97,20 +101,37 @@ def _run(ep: Endpoint, kind: int, op: Any, fn: Callable[..., Any], args: tuple[A
 # -- XADD ---------------------------------------------------------------------------------------------
 
 
+# (endpoint, stream name as the application gives it, str or bytes) -> its publish Op, without decoding the name
+_publish_ops: dict[tuple[Endpoint, Any], Any] = {}
+
+
 def _xadd(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    kind = _kind(instance)
+    kind = _kinds.get(instance.__class__)
+    if kind is None:
+        kind = _kind(instance)
     if kind == _PASS:
         return wrapped(*args, **kwargs)
     name = args[0] if args else kwargs.get("name")
     fields = args[1] if len(args) > 1 else kwargs.get("fields")
     if name is None or not isinstance(fields, dict):
         return wrapped(*args, **kwargs)
-    ep = _endpoint(instance)
+    ep = getattr(instance.connection_pool, "__dict__", _NONE).get(_ENDPOINT) or _endpoint(instance)
+    cacheable = name.__class__ is str or name.__class__ is bytes
+    op = _publish_ops.get((ep, name)) if cacheable else None
+    if op is None:
+        op = _messaging.publish_op(ep, _text(name))
+        if cacheable:
+            if len(_publish_ops) >= 1024:
+                _publish_ops.clear()
+            _publish_ops[(ep, name)] = op
     carrier: dict[str, str] = {}
-    if kwargs:
+    if "name" in kwargs or "fields" in kwargs:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "fields")}
-    return _run(ep, kind, _messaging.publish_op(ep, _text(name)), _send_async if kind == _ASYNC else _send,
-                (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier, on_result=_entry_id)
+    if kind == _ASYNC:
+        return ep.acall(op, _send_async, (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier,
+                        on_result=_entry_id)  # the caller awaits it
+    return ep.call(op, _send, (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier,
+                   on_result=_entry_id)
 
 
 def _send(wrapped: Any, name: Any, fields: dict[Any, Any], carrier: dict[str, str], rest: tuple[Any, ...],

@@ -223,3 +223,55 @@ def test_a_full_attribute_set_drops_the_oldest_as_the_sdk_does() -> None:
     assert type(lean) is _span.CallSpan
     assert dict(lean.attributes) == dict(sdk.attributes) and "db.system.name" not in lean.attributes
     assert lean.dropped_attributes == sdk.dropped_attributes == 1
+
+
+class _OnEnd(SpanProcessor):
+    def __init__(self) -> None:
+        self.ended: list[Any] = []
+
+    def on_end(self, span: Any) -> None:
+        self.ended.append(span)
+
+
+def test_ending_reaches_every_processor_the_provider_has_at_the_end() -> None:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource({"service.name": "span-test"}), shutdown_on_exit=False)
+    tp.add_span_processor(BatchSpanProcessor(exporter))
+    first = _OnEnd()
+    tp.add_span_processor(first)
+    tracer = tp.get_tracer("t")
+    early, _ = _both(tracer)
+    assert type(early) is _span.CallSpan
+    assert _span._plan[0].enders[0] == tp._active_span_processor._span_processors[0]._batch_processor.emit
+    later = _OnEnd()
+    tp.add_span_processor(later)  # while `early` runs: the SDK's span would reach it too
+    lean, sdk = _both(tracer)
+    for span in (early, lean, sdk):
+        span.end()
+    ids = [s.context.span_id for s in (early, lean, sdk)]
+    assert [s.context.span_id for s in first.ended] == ids and [s.context.span_id for s in later.ended] == ids
+    tp.force_flush()
+    assert sorted(s.context.span_id for s in exporter.get_finished_spans()) == sorted(ids)
+
+
+def test_the_current_context_is_read_from_its_contextvar_only_when_that_is_the_runtime() -> None:
+    from instrument import _context
+
+    span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(1)))
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        assert _context.otel_current() is otel_context.get_current()
+    finally:
+        otel_context.detach(token)
+
+    class Other:  # a runtime context of an application's own (OTEL_PYTHON_CONTEXT)
+        _current_context = None
+
+    original = otel_context._RUNTIME_CONTEXT
+    otel_context._RUNTIME_CONTEXT = Other()
+    try:
+        assert _context._otel_current_getter() is otel_context.get_current
+    finally:
+        otel_context._RUNTIME_CONTEXT = original

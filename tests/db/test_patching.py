@@ -41,13 +41,16 @@ def test_redis_command_describers_hook(tel, patched) -> None:  # type: ignore[no
     def describe_xadd(client, args):  # type: ignore[no-untyped-def]
         return stream, stream.op("send", str(args[1])), {"messaging.operation.type": "send"}
 
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    client.xadd("instrument-test-stream", {"k": "v"}, maxlen=10)  # the default span: XADD is now known
     redis_integration.COMMAND_DESCRIBERS["XADD"] = describe_xadd
     try:
-        client = redis.Redis(host="127.0.0.1", port=6379)
-        client.xadd("instrument-test-stream", {"k": "v"}, maxlen=10)
+        client.xadd("instrument-test-stream", {"k": "v"}, maxlen=10)  # the describer takes over
         client.delete("instrument-test-stream")
     finally:
         del redis_integration.COMMAND_DESCRIBERS["XADD"]
+    client.xadd("instrument-test-stream", {"k": "v"}, maxlen=10)  # and lets go
+    client.delete("instrument-test-stream")
     span = tel.span("send instrument-test-stream")
     assert span.attributes["messaging.system"] == "redis"
-    assert tel.span("DEL 0")
+    assert len(tel.spans("XADD 0")) == 2 and len(tel.spans("DEL 0")) == 2

@@ -70,3 +70,27 @@ def test_error_message_drops_quoted_values() -> None:
     mysql = Exception(1062, "Duplicate entry 'secret' for key 'PRIMARY'")
     assert error_message(mysql) == "Duplicate entry ? for key ?"
     assert "secret" not in error_message(Exception("dup\nDETAIL:  Key (id)=(secret) already exists."))
+
+
+def test_a_statement_is_described_once_per_endpoint_and_its_attributes_are_never_changed(settings_env) -> None:  # type: ignore[no-untyped-def]
+    from instrument import _dbapi
+    from instrument._call import endpoint
+
+    ep = endpoint("db", "postgresql", "postgresql://statements:1/x", server_address="statements", server_port=1)
+    literal = "SELECT * FROM t WHERE id = 1"
+    op, attributes = _dbapi.prepare(ep, literal, None)
+    assert _dbapi.prepare(ep, literal, None) == (op, attributes) and _dbapi.prepare(ep, literal, None)[1] is attributes
+    assert op.name == "SELECT" and op.subject == "t" and attributes == {"db.query.text": "SELECT * FROM t WHERE id = ?"}
+    batch = _dbapi.prepare(ep, literal, None, batch=3)[1]
+    assert batch == {"db.query.text": "SELECT * FROM t WHERE id = ?", "db.operation.batch.size": 3}
+    # parameterised text is kept as is; the parameters only while the setting says so (read per call)
+    with_params = "SELECT * FROM t WHERE id = %s"
+    settings_env({"INSTRUMENT_CAPTURE_SQL_PARAMETERS": "true"})
+    assert _dbapi.prepare(ep, with_params, (5,))[1] == {"db.query.text": with_params, "db.query.parameter.0": 5}
+    settings_env({})
+    assert _dbapi.prepare(ep, with_params, (5,))[1] == {"db.query.text": with_params}
+    assert _dbapi.prepare(ep, b"SELECT 2", None)[1] == {"db.query.text": "SELECT ?"}  # bytes: described, not kept
+    assert attributes == {"db.query.text": "SELECT * FROM t WHERE id = ?"}  # no call changed the shared dict
+    for i in range(_dbapi._STATEMENTS_MAX + 100):
+        _dbapi.prepare(ep, f"SELECT {i}", None)
+    assert len(ep.statements) == _dbapi._STATEMENTS_MAX

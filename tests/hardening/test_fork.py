@@ -190,7 +190,8 @@ def test_gunicorn_preload_uvicorn_workers_export_their_own_telemetry(tmp_path, r
 
 
 def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
-    """os.fork() directly: resource, gRPC channel, breaker registry and reported-once set per child."""
+    """os.fork() directly: resource, gRPC channel, breaker registry, reported-once set and the SQL deadline
+    watchdog (the parent's running statements are not the child's to cancel) per child."""
     code = textwrap.dedent("""
         import os, json, time
         import instrument
@@ -207,6 +208,8 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
         _config._registry[(0, "http://x:1")] = ("breaker",)
         ep = _call.endpoint("http", "http", "http://inflight:1")
         ep._in_flight.add(1)
+        from instrument import _dbapi
+        _dbapi.watchdog.arm(60.0, print, "a statement of the parent's")  # still running at the fork
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -215,7 +218,10 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
             with tracer.start_as_current_span("in-child"):
                 pass
             flushed = tp.force_flush(5000)
-            state = {"pid": os.getpid(), "instance": attrs["service.instance.id"], "rpid": attrs["process.pid"],
+            inherited = (len(_dbapi.watchdog._armed), _dbapi.watchdog._thread is None)
+            handle = _dbapi.watchdog.arm(60.0, print, "the child's own")
+            watchdog = [*inherited, _dbapi.watchdog._thread is not None, _dbapi.watchdog.disarm(handle) is False]
+            state = {"watchdog": watchdog, "pid": os.getpid(), "instance": attrs["service.instance.id"], "rpid": attrs["process.pid"],
                      "ppid": attrs.get("process.parent_pid"), "seen": sorted(_safety._seen),
                      "registry": len(_config._registry), "inflight": ep.active_requests, "flushed": flushed}
             os.write(w, json.dumps(state).encode())
@@ -239,6 +245,7 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
     assert child["instance"] != out["parent_instance"]
     assert child["seen"] == [] and child["registry"] == 0 and child["inflight"] == 0
     assert child["flushed"] is True
+    assert child["watchdog"] == [0, True, True, True]  # nothing inherited; the child's own thread and statements
     span = receiver.wait_for_span(lambda s: s.name == "in-child")
     assert span.resource["service.instance.id"] == child["instance"]
     assert int(span.resource["process.pid"]) == child["pid"]
