@@ -413,38 +413,52 @@ class Endpoint:
                     on_result(span, result)
             elif not isinstance(exc, (_CancelledError, GeneratorExit)):  # cancelled or abandoned: not an error
                 error = error_type(exc)
-            if span.__class__ is _NonRecordingSpan:  # sampled out: nothing to set, nothing to end
-                _finish_metrics(self, op, state, span._context, duration, status, error, exc)  # noqa: SLF001
-                return
-            if span.is_recording():
-                if status is not None:
-                    span.set_attribute("http.response.status_code", status)
-                if state.resend_count and self.kind == "http":
-                    span.set_attribute("http.request.resend_count", state.resend_count)
-                if error is not None:
-                    span.set_attribute("error.type", error)
-                    if exc is not None:
-                        errors = self.errors
-                        extra = errors.describe(exc) if errors.describe is not None else None
-                        if extra:
-                            span.set_attributes(extra)
-                        if isinstance(exc, Rejected):  # our own refusal: its span event says why, no stack
-                            text = str(exc)
-                        elif errors.message is None:
-                            span.record_exception(exc)
-                            text = str(exc)
-                        else:  # the exception's own text may hold secrets: record cleaned text only
-                            text = errors.message(exc)
-                            span.record_exception(exc, attributes={"exception.message": text,
-                                                                   "exception.stacktrace": _stack(exc, text)})
-                        span.set_status(Status(_ERROR, f"{type(exc).__name__}: {text}"[:512]))
-                    else:
-                        span.set_status(Status(_ERROR))
-            span.end()
-            _finish_metrics(self, op, state, span._context if span.__class__ is _CallSpan else span.get_span_context(),  # noqa: SLF001
-                            duration, status, error, exc)
+            cls = span.__class__
+            if cls is _NonRecordingSpan:  # sampled out: nothing to set, nothing to end
+                sc = span._context  # noqa: SLF001
+            else:
+                if (status is not None or error is not None or state.resend_count) and (
+                        span._end_time is None if cls is _CallSpan else span.is_recording()):  # noqa: SLF001
+                    self._annotate(span, state, status, error, exc)
+                span.end()
+                sc = span._context if cls is _CallSpan else span.get_span_context()  # noqa: SLF001
+            found = op._ok if status is None and error is None else None  # noqa: SLF001 - the common outcome
+            _attrs, histogram, counter = found if found is not None else op.outcome(status, error)
+            histogram.record(duration, sc)  # a sampled span becomes the exemplar
+            if counter is not None:
+                counter.add(state.count)
+            if error is not None or duration >= _slow_threshold[0]:
+                _log_call(self, state, duration, status, error, exc)
         except Exception as internal:  # noqa: BLE001 - never let our code break the call
             report("call finish", internal)
+
+    def _annotate(self, span: trace.Span, state: CallState, status: int | None, error: str | None,
+                  exc: BaseException | None) -> None:
+        """A recording span's outcome: status code, resends, and for a failure error.type, the exception
+        (its text cleaned of values and secrets) and the error status."""
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        if state.resend_count and self.kind == "http":
+            span.set_attribute("http.request.resend_count", state.resend_count)
+        if error is not None:
+            span.set_attribute("error.type", error)
+            if exc is not None:
+                errors = self.errors
+                extra = errors.describe(exc) if errors.describe is not None else None
+                if extra:
+                    span.set_attributes(extra)
+                if isinstance(exc, Rejected):  # our own refusal: its span event says why, no stack
+                    text = str(exc)
+                elif errors.message is None:
+                    span.record_exception(exc)
+                    text = str(exc)
+                else:  # the exception's own text may hold secrets: record cleaned text only
+                    text = errors.message(exc)
+                    span.record_exception(exc, attributes={"exception.message": text,
+                                                           "exception.stacktrace": _stack(exc, text)})
+                span.set_status(Status(_ERROR, f"{type(exc).__name__}: {text}"[:512]))
+            else:
+                span.set_status(Status(_ERROR))
 
     def _rebuild(self) -> Any:
         """Resolve the policy and fault chain for this target from the current rules."""
@@ -466,18 +480,6 @@ class Endpoint:
     @property
     def active_requests(self) -> int:
         return len(self._in_flight)
-
-
-def _finish_metrics(ep: Endpoint, op: Op, state: CallState, sc: Any, duration: float, status: int | None,
-                   error: str | None, exc: BaseException | None) -> None:
-    """The duration histogram (a sampled span becomes the exemplar), the counter, the failure/slow log."""
-    found = op._ok if status is None and error is None else None  # noqa: SLF001 - the common outcome, cached
-    _attrs, histogram, counter = found if found is not None else op.outcome(status, error)
-    histogram.record(duration, sc)
-    if counter is not None:
-        counter.add(state.count)
-    if error is not None or duration >= _slow_threshold[0]:
-        _log_call(ep, state, duration, status, error, exc)
 
 
 def _stack(exc: BaseException, text: str) -> str:

@@ -164,9 +164,10 @@ def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
 def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args: tuple[Any, ...],
              kwargs: dict[str, Any], abort: Canceller | None = None) -> Any:
     """Innermost step: arm the server-side cancel (and the abort) when the call runs under a deadline."""
-    if cancel is None or _deadline.get() is None:
+    at = _deadline.get() if cancel is not None else None
+    if at is None:
         return fn(*args, **kwargs)
-    handle = watchdog.arm(_context.remaining() or 0.0, cancel, target, abort)
+    handle = watchdog.arm(max(0.0, at - time.monotonic()), cancel, target, abort)
     try:
         return fn(*args, **kwargs)
     except Exception as exc:

@@ -30,6 +30,7 @@ Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=redis.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -78,11 +79,12 @@ MAKES = (
 # connect() at every checkout, before the command reads the connection's retry policy. The next checkout
 # without a deadline restores the connection's own settings (so the plain pool's release needs no hook);
 # a connection the client holds (single-connection client, a watching pipeline) is bound and restored by
-# _bounded itself.
+# _bounded itself. Hooked on the first command that runs under a deadline: until then no connection is
+# bound, and every checkout would pay for a wrapper with nothing to do.
 CONNECTIONS = (
     Target("redis.connection", "AbstractConnection.connect", optional=True),
 )
-TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES + CONNECTIONS
+TARGETS = COMMANDS + PIPELINES + GETS + RELEASES + MAKES  # patched by patch(); CONNECTIONS when first needed
 
 
 def _status(exc: BaseException) -> Mapping[str, Any] | None:
@@ -213,6 +215,7 @@ async def _apipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
 
 # -- deadlines (sync) --------------------------------------------------------------------------------
 
+_hook_lock = threading.Lock()
 _owner: ContextVar[object | None] = ContextVar("instrument.redis.deadline_owner", default=None)
 _SAVED = "_instrument_saved"  # on a bounded connection: (owner, socket_timeout, socket_connect_timeout, retry)
 _no_retry: list[Any] = []
@@ -222,6 +225,8 @@ def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     """The innermost step of a sync command: under a deadline, the connections it uses are bounded by it."""
     if _deadline.get() is None:
         return wrapped(*args, **kwargs)
+    if not _hooked:
+        _hook_connections()
     owner = object()
     token = _owner.set(owner)
     held = getattr(instance, "connection", None)  # a single-connection client, a pipeline that holds one
@@ -233,6 +238,16 @@ def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         _owner.reset(token)
         if held is not None:
             _unbound(held, owner)
+
+
+_hooked: list[bool] = []  # [True] while the connect hook is installed
+
+
+def _hook_connections() -> None:
+    with _hook_lock:
+        if not _hooked:
+            apply(CONNECTIONS, _connection_hook)
+            _hooked.append(True)
 
 
 def _bound(conn: Any, owner: object) -> None:
@@ -408,11 +423,12 @@ def patch() -> None:
     apply(GETS, _get, _aget)
     apply(RELEASES, _release, _arelease)
     apply(MAKES, _make)
-    apply(CONNECTIONS, _connection_hook)
 
 
 def unpatch() -> None:
-    revert(TARGETS)
+    with _hook_lock:
+        revert(TARGETS + CONNECTIONS)
+        _hooked.clear()
 
 
 _ = redis  # the library is imported first (this module is loaded by its post-import hook)

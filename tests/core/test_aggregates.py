@@ -141,3 +141,70 @@ def test_exported_points_follow_the_exemplar_filter_and_temporality_preference(r
     assert duration.value == 1 and sent.value == 1
     assert duration.temporality == sent.temporality == temporality
     assert duration.exemplar_trace_ids == ([trace_id] if exemplar else [])
+
+
+def test_measurements_recorded_from_many_threads_while_readers_snapshot_are_each_counted_once() -> None:
+    """Records append without a lock and are folded in batches (by a recording thread or a snapshot):
+    none is lost or counted twice, and a delta reader's intervals add up to the whole."""
+    import threading
+
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    bound = _aggregates.Bound((0.5, 1.0), {})
+    sampled = SpanContext(7, 9, False, TraceFlags(1))
+    threads, per_thread = 4, 3 * _aggregates._FOLD_AT + 17
+    values = [0.25, 0.75, 2.0]
+    delta_reader = object()
+    deltas: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            bound.record(values[i % 3], sampled if n == 0 and i == per_thread - 1 else None)
+
+    def read() -> None:
+        while not done.is_set():
+            count, total, low, high, *_ = bound.snapshot(delta_reader)
+            deltas.append((low, high))
+
+    import sys
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    reader = threading.Thread(target=read)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between almost any two bytecodes: races show up
+    try:
+        reader.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        done.set()
+        reader.join()
+    finally:
+        sys.setswitchinterval(interval)
+    count, total, low, high, counts, exemplars = bound.snapshot()
+    assert count == threads * per_thread == sum(counts)
+    assert counts == [sum(1 for i in range(per_thread) if values[i % 3] == v) * threads for v in values]
+    assert total == pytest.approx(sum(values[i % 3] for i in range(per_thread)) * threads)
+    assert (low, high) == (0.25, 2.0)
+    # the one sampled measurement (thread 0's last: 0.75) is its bucket's exemplar, with its span and trace
+    assert [None if e is None else (e[0], e[2], e[3]) for e in exemplars] == [None, (0.75, 9, 7), None]
+    assert bound.pending == [] and all(values[0] <= lo and hi <= values[2] for lo, hi in deltas if lo <= hi)
+
+
+def test_a_measurement_recorded_while_a_fold_copies_its_batch_is_kept_for_the_next() -> None:
+    bound = _aggregates.Bound((1.0,), {})
+
+    class Racing(list):  # type: ignore[type-arg]
+        def __getitem__(self, index: Any) -> Any:
+            batch = list.__getitem__(self, index)
+            if isinstance(index, slice):
+                self.append(5.0)  # another thread's record, landing right after the fold's copy
+            return batch
+
+    bound.pending = Racing([0.5, 0.5])
+    bound.fold()
+    assert list(bound.pending) == [5.0] and bound.count == 2
+    count, total, *_ = bound.snapshot()  # folds the 5.0 (and keeps the one that races this fold)
+    assert (count, total, list(bound.pending)) == (3, 6.0, [5.0])

@@ -283,13 +283,18 @@ def test_redis_deadline_leaves_other_commands_alone(redis_service, tel, patched)
     """A command without a deadline, after one with it, runs with the connection's own timeout and retry."""
     redis = pytest.importorskip("redis")
     patched("redis")
+    from instrument.integrations import redis as redis_integration
+    from instrument.patching import is_patched
+
     client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=7)
     try:
         client.ping()
+        assert not is_patched(redis_integration.CONNECTIONS[0])  # no deadline yet: checkouts pay for no hook
         conn = client.connection_pool._available_connections[0]
         own_retry = conn.retry
         with _context.deadline_scope(2.0):
             client.set("instrument:partition", "v")
+        assert is_patched(redis_integration.CONNECTIONS[0])
         seen = []
         real_send = conn.send_packed_command
 
