@@ -25,8 +25,8 @@
 
 from __future__ import annotations
 
-import heapq
 import itertools
+import math
 import os
 import socket
 import threading
@@ -220,105 +220,117 @@ def batch_size(seq: Any) -> tuple[Any, int | None]:
 class _Armed:
     """One statement under a deadline, while it runs."""
 
-    __slots__ = ("abort", "aborted", "cancel", "cancelled", "target")
+    __slots__ = ("abort", "at", "cancel", "cancelled", "step", "target")
 
-    def __init__(self, cancel: Canceller, target: Any, abort: Canceller | None) -> None:
+    def __init__(self, at: float, cancel: Canceller, target: Any, abort: Canceller | None) -> None:
+        self.at = at  # when the watchdog acts on it next (inf: never again)
+        self.step = "cancel"  # then "grace" (abort unless the cancel completed), then "late" (abort)
         self.cancel = cancel
         self.target = target
         self.abort = abort
         self.cancelled = False  # the cancel request completed (successfully or not); set by its thread
-        self.aborted = False
 
 
 class _Watchdog:
-    """One daemon thread that cancels (then aborts) statements whose deadline passed (a heap of due times).
+    """One daemon thread that cancels (then aborts) statements whose deadline passed.
 
     At the deadline the cancel request is started on a short-lived thread (it may hang on a dead network);
     at ``CANCEL_GRACE`` after it, a statement whose cancel has not completed is aborted; at ``CANCEL_LATE``,
-    one that still runs. The abort runs under the lock that :meth:`disarm` takes, so it never touches a
-    connection whose statement has returned (its socket may since have been closed and its fd reused).
+    one that still runs. Arming and disarming a statement take no lock: a dict entry each (atomic), and
+    the thread is woken only for a deadline earlier than the one it sleeps until, so statements under the
+    same Timeout never wake it. Whoever removes a statement's entry owns it: :meth:`disarm` (the statement
+    returned) or the abort, which runs under a lock that :meth:`disarm` then waits for, so an abort never
+    touches a connection whose statement has returned (its socket may since have been closed and its fd
+    reused).
     """
 
     def __init__(self) -> None:
-        # arm/disarm run per statement: a plain lock (C-level enter/exit); the condition shares it
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._heap: list[tuple[float, int, int, str]] = []  # (due, seq, handle, "cancel" | "grace" | "late")
-        self._armed: dict[int, _Armed] = {}
-        self._ids = itertools.count()
-        self._thread: threading.Thread | None = None  # reset by the thread itself when it ends
-        # A forked child has no watchdog thread (and a fresh lock: the parent's may have been held at fork)
-        os.register_at_fork(after_in_child=self._after_fork)
+        self._reset()
+        # A forked child has no watchdog thread, and the parent's statements are not the child's to cancel
+        os.register_at_fork(after_in_child=self._reset)
 
-    def _after_fork(self) -> None:
-        # the parent's statements are not the child's to cancel: their connections are the parent's
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._heap, self._armed, self._thread = [], {}, None
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())  # guards the thread's sleep and start
+        self._abort_lock = threading.Lock()  # held while aborting; disarm of an aborted statement waits for it
+        self._armed: dict[int, _Armed] = {}
+        self._aborted: set[int] = set()
+        self._ids = itertools.count()
+        self._wake_at = math.inf  # when the thread wakes next on its own (inf: only when notified)
+        self._thread: threading.Thread | None = None  # reset by the thread itself when it ends
 
     def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
         handle = next(self._ids)
-        due = time.monotonic() + seconds
-        with self._lock:
-            # The thread sleeps until the earliest due time: wake it only when this one comes sooner (or it
-            # is not running). Waking it per statement would cost a thread switch on every query.
-            wake = not self._heap or due < self._heap[0][0]
-            heapq.heappush(self._heap, (due, handle, handle, "cancel"))
-            self._armed[handle] = _Armed(cancel, target, abort)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
-                self._thread.start()
-            elif wake:
+        at = time.monotonic() + seconds
+        self._armed[handle] = _Armed(at, cancel, target, abort)
+        if at < self._wake_at or self._thread is None:
+            with self._cond:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="instrument-sql-watchdog", daemon=True)
+                    self._thread.start()
                 self._cond.notify()
         return handle
 
     def disarm(self, handle: int) -> bool:
         """Forget a finished statement; True when the watchdog aborted its connection."""
-        with self._lock:
-            armed = self._armed.pop(handle, None)
-        return armed is not None and armed.aborted
+        if self._armed.pop(handle, None) is not None:
+            return False
+        with self._abort_lock:  # the abort that took it is over once this is free
+            if handle in self._aborted:
+                self._aborted.discard(handle)
+                return True
+        return False
 
     def _run(self) -> None:
         try:
             self._loop()
         finally:
-            with self._lock:
+            with self._cond:
                 if self._thread is threading.current_thread():
                     self._thread = None
 
     def _loop(self) -> None:
+        cond = self._cond
         while True:
-            with self._lock:
-                while self._heap and self._heap[0][2] not in self._armed:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait(30.0)
-                    if not self._heap:
-                        self._thread = None
-                        return
+            with cond:
+                self._wake_at = math.inf  # before the scan: an arm after it sees inf (or less) and notifies
+                now = time.monotonic()
+                due: list[tuple[int, _Armed]] = []
+                soonest = math.inf
+                for handle, armed in list(self._armed.items()):  # a copy: statements come and go meanwhile
+                    if armed.at <= now:
+                        due.append((handle, armed))
+                    elif armed.at < soonest:
+                        soonest = armed.at
+                if not due:
+                    if soonest == math.inf:
+                        if not cond.wait(30.0) and not self._armed:
+                            self._thread = None  # idle: an arm starts it again
+                            return
+                        continue
+                    self._wake_at = soonest
+                    cond.wait(soonest - now)
                     continue
-                at, _, handle, step = self._heap[0]
-                wait = at - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                armed = self._armed[handle]
-                if step == "cancel":
-                    if armed.abort is not None:
-                        heapq.heappush(self._heap, (at + CANCEL_GRACE, next(self._ids), handle, "grace"))
-                elif step == "grace" and armed.cancelled:
-                    heapq.heappush(self._heap, (at - CANCEL_GRACE + CANCEL_LATE, next(self._ids), handle, "late"))
-                else:  # the cancel did not complete in time, or the statement outlived it: shut the socket
-                    armed.aborted = True
-                    try:
-                        armed.abort(armed.target)  # type: ignore[misc]
-                    except Exception:  # noqa: BLE001,S110 - best effort (the connection may be gone)
-                        pass
-                    continue
-            if step == "cancel":
-                threading.Thread(target=_request_cancel, args=(armed,), name="instrument-sql-cancel",
-                                 daemon=True).start()
+            for handle, armed in due:
+                self._act(handle, armed)
+
+    def _act(self, handle: int, armed: _Armed) -> None:
+        if armed.step == "cancel":
+            if handle not in self._armed:
+                return  # returned since the scan
+            armed.step, armed.at = "grace", (armed.at + CANCEL_GRACE if armed.abort is not None else math.inf)
+            threading.Thread(target=_request_cancel, args=(armed,), name="instrument-sql-cancel",
+                             daemon=True).start()
+        elif armed.step == "grace" and armed.cancelled:
+            armed.step, armed.at = "late", armed.at - CANCEL_GRACE + CANCEL_LATE
+        else:  # the cancel did not complete in time, or the statement outlived it: shut the socket
+            with self._abort_lock:
+                if self._armed.pop(handle, None) is None:
+                    return  # returned meanwhile: its connection is not ours to touch
+                self._aborted.add(handle)
+                try:
+                    armed.abort(armed.target)  # type: ignore[misc]
+                except Exception:  # noqa: BLE001,S110 - best effort (the connection may be gone)
+                    pass
 
 
 def _request_cancel(armed: _Armed) -> None:

@@ -216,7 +216,10 @@ async def _apipeline(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs:
 # -- deadlines (sync) --------------------------------------------------------------------------------
 
 _hook_lock = threading.Lock()
+# The command that bounds the connections it uses: the running call's state (the command's, or the stream call
+# it runs in), or, for a command outside any call (the toolkit's own traffic), a mark set here
 _owner: ContextVar[object | None] = ContextVar("instrument.redis.deadline_owner", default=None)
+_running = _context.current
 _SAVED = "_instrument_saved"  # on a bounded connection: (owner, socket_timeout, socket_connect_timeout, retry)
 _no_retry: list[Any] = []
 
@@ -227,15 +230,17 @@ def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         return wrapped(*args, **kwargs)
     if not _hooked:
         _hook_connections()
-    owner = object()
-    token = _owner.set(owner)
+    owner = _running.get()
+    token = _owner.set(object()) if owner is None else None
+    owner = owner or _owner.get()
     held = getattr(instance, "connection", None)  # a single-connection client, a pipeline that holds one
     try:
         if held is not None:
             _bound(held, owner)
         return wrapped(*args, **kwargs)
     finally:
-        _owner.reset(token)
+        if token is not None:
+            _owner.reset(token)
         if held is not None:
             _unbound(held, owner)
 
@@ -252,20 +257,20 @@ def _hook_connections() -> None:
 
 def _bound(conn: Any, owner: object) -> None:
     """Socket and connect timeouts = the time left, no retry of the connection's own, until restored."""
-    left = _context.remaining()
-    if left is None:
+    at = _deadline.get()
+    if at is None:
         return
+    left = max(at - time.monotonic(), 0.001)
     state = conn.__dict__
     saved = state.get(_SAVED)
-    left = max(left, 0.001)
     if saved is not None:
         if saved[0] is owner:
             return  # bound by this command already (at checkout): once per command is enough
         state[_SAVED] = (owner, *saved[1:])  # this command's now: its end (or release) restores it
         current = conn.socket_timeout
-        if current is not None and left - min(0.005, left / 100) <= current <= left:
+        if current is not None and left - min(0.005, left / 100) <= current <= left + min(0.001, left / 1000):
             # Bound by an earlier command with about the same time left (a Timeout policy on every command):
-            # keep it, at most 1% (5 ms) early, and spare the socket and parser updates.
+            # keep it, at most 1% (5 ms) early or 0.1% (1 ms) late, and spare the socket and parser updates.
             return
     else:
         if not _no_retry:
@@ -308,7 +313,7 @@ def _socket_timeout(conn: Any, value: float | None) -> None:
 
 
 def _connection_hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    owner = _owner.get()
+    owner = _owner.get() or (_running.get() if _deadline.get() is not None else None)
     try:
         if owner is not None:
             _bound(instance, owner)
