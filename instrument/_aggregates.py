@@ -186,18 +186,31 @@ class FastHistogram(_Fast):
 
 
 class BoundSum:
-    """One attribute set of one monotonic counter: the running total."""
+    """One attribute set of one counter or up-down counter: the running total (amounts appended and summed
+    in batches, like :class:`Bound`'s measurements)."""
 
-    __slots__ = ("_lock", "attributes", "total")
+    __slots__ = ("_lock", "attributes", "pending", "total")
 
     def __init__(self, attributes: Mapping[str, Any]) -> None:
         self.attributes = dict(attributes)
         self.total = 0
+        self.pending: list[float] = []
         self._lock = threading.Lock()
 
     def add(self, amount: float = 1) -> None:
+        self.pending.append(amount)
+        if len(self.pending) >= _FOLD_AT:
+            self.value()
+
+    def value(self) -> float:
+        """The total, with every amount added so far."""
         with self._lock:
-            self.total += amount
+            pending = self.pending
+            n = len(pending)
+            if n:
+                self.total += sum(pending[:n])
+                del pending[:n]  # what was appended since the copy stays, for the next fold
+            return self.total
 
 
 class FastCounter(_Fast):
@@ -308,6 +321,7 @@ def forget_recorded() -> None:
         for total in fast.bounds_list():
             total._lock = threading.Lock()
             total.total = 0
+            total.pending = []
     _state["start"] = time_ns()
     _state["generation"] += 1  # readers forget what they exported before: their deltas start again from zero
 
@@ -327,8 +341,7 @@ def _sums(delta: bool, seen: dict[int, tuple[Any, ...]], now: int, updown_delta:
         as_delta = delta if monotonic else updown_delta
         points = []
         for bound in fast.bounds_list():
-            with bound._lock:
-                value = bound.total
+            value = bound.value()
             start = _state["start"]
             if as_delta:
                 last = seen.get(id(bound))

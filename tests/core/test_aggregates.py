@@ -208,3 +208,23 @@ def test_a_measurement_recorded_while_a_fold_copies_its_batch_is_kept_for_the_ne
     assert list(bound.pending) == [5.0] and bound.count == 2
     count, total, *_ = bound.snapshot()  # folds the 5.0 (and keeps the one that races this fold)
     assert (count, total, list(bound.pending)) == (3, 6.0, [5.0])
+
+
+def test_a_counter_amount_added_while_its_batch_is_summed_is_kept_and_every_amount_counts_once() -> None:
+    total = _aggregates.BoundSum({})
+
+    class Racing(list):  # type: ignore[type-arg]
+        def __getitem__(self, index: Any) -> Any:
+            batch = list.__getitem__(self, index)
+            if isinstance(index, slice):
+                self.append(-1)  # another thread's add (an up-down counter going down), after the copy
+            return batch
+
+    total.pending = Racing([1, 1, 1])
+    assert total.value() == 3 and list(total.pending) == [-1]
+    total.pending = list(total.pending)
+    adds = _aggregates._FOLD_AT * 3 + 5
+    for _ in range(adds):  # summed on their own every _FOLD_AT adds
+        total.add(2)
+    assert len(total.pending) < _aggregates._FOLD_AT
+    assert total.value() == 3 - 1 + 2 * adds and total.pending == []
