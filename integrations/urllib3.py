@@ -105,6 +105,18 @@ def _endpoint(pool: Any) -> tuple[Endpoint, str]:
     return found
 
 
+_PROPAGATED = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+def _copy(headers: Any) -> Any:
+    """The request headers to send, ours to add the trace context to: a plain dict (what urllib3 sends
+    fastest, and a pool's default) unless the caller's could hold repeated fields or another spelling of a
+    propagation header, which urllib3's case-insensitive ``HTTPHeaderDict`` then replaces correctly."""
+    if headers.__class__ is dict and not any(k.lower() in _PROPAGATED for k in headers if k not in _PROPAGATED):
+        return dict(headers)
+    return urllib3.HTTPHeaderDict(headers)
+
+
 def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if _context.suppressed.get():  # under requests (or a retry of our own call): one span, not two
         return wrapped(*args, **kwargs)
@@ -124,7 +136,7 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
                                                          "body_pos", "preload_content", "decode_content"),
                                                         args[3:]))}
     given = kwargs.get("headers")
-    headers = urllib3.HTTPHeaderDict(given if given is not None else instance.headers)
+    headers = _copy(given if given is not None else instance.headers)
     kwargs["headers"] = headers
     if "timeout" not in kwargs:
         kwargs["timeout"] = instance.timeout  # what urlopen uses by default; lets a deadline start from it
@@ -132,7 +144,8 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
     attributes: dict[str, Any] = {"url.full": redacted}
     if settings.capture_request_headers:
-        attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))
+        attributes.update(_http.header_attributes("request", settings.capture_request_headers,
+                                                  urllib3.HTTPHeaderDict(headers)))  # looked up by lower-case name
     return ep.call(op, wrapped, args, kwargs, attributes=attributes, carrier=headers,
                    on_result=_http.response_capture(settings))
 

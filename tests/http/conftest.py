@@ -28,6 +28,7 @@ class Seen:
     method: str
     path: str
     headers: dict[str, str]
+    fields: list[tuple[str, str]] = field(default_factory=list)  # every header field as sent, in order
 
 
 @dataclass
@@ -51,7 +52,8 @@ def _handler(server: LoopbackServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length") or 0)
             if length:
                 self.rfile.read(length)
-            server.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            server.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                    list(self.headers.items())))
             path = self.path.split("?", 1)[0]
             status, body, extra = 200, b"ok", {}
             if path.startswith("/status/"):

@@ -133,6 +133,19 @@ def test_request_headers_captured(tel, server, client, settings_env):  # type: i
     assert "traceparent" not in headers  # the caller's mapping is not modified
 
 
+@pytest.mark.parametrize("given", [None, {"X-Request-Id": "q-1"}, {"TraceParent": "00-stale", "x-a": "1"}],
+                         ids=["pool default", "plain dict", "other spelling"])
+def test_urllib3_sends_exactly_one_traceparent_and_leaves_the_callers_headers_alone(tel, server, patched,  # type: ignore[no-untyped-def]
+                                                                                  given) -> None:
+    patched("urllib3")
+    before = dict(given) if given is not None else None
+    urllib3.PoolManager().request("GET", server.url("/ok"), headers=given)
+    (span,) = client_spans(tel)
+    sent = [v for k, v in server.last().fields if k.lower() == "traceparent"]
+    assert sent == [f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-{span.context.trace_flags:02x}"]
+    assert given == before  # the caller's mapping is not modified
+
+
 def test_excluded_urls(tel, server, client, settings_env):  # type: ignore[no-untyped-def]
     settings_env({"INSTRUMENT_EXCLUDED_URLS": "/status/"})
     client.get(server.url("/status/204"), 5)
