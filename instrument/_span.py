@@ -45,6 +45,9 @@ _DEFAULT_STATE = DEFAULT_TRACE_STATE
 _SAMPLED = TraceFlags.SAMPLED
 _UNSET = trace_api.Status(trace_api.StatusCode.UNSET)
 _RANDOM = getattr(TraceFlags, "RANDOM_TRACE_ID", None)  # W3C level 2 flag; SDKs that set it have the hooks below
+# Tracer._is_enabled() is `return self._tracer_config.is_enabled`: start() reads that inline (one call fewer)
+_ENABLED_INLINE = getattr(getattr(Tracer, "_is_enabled", None), "__code__", None) is not None and \
+    Tracer._is_enabled.__code__.co_names == ("_tracer_config", "is_enabled")
 _QUIET_START = {SpanProcessor.on_start, BatchSpanProcessor.on_start, SimpleSpanProcessor.on_start}
 _QUIET_ENDING = {getattr(cls, "_on_ending", None) for cls in (SpanProcessor, BatchSpanProcessor, SimpleSpanProcessor)}
 _PLAIN = {str, int, float, bool}
@@ -222,7 +225,8 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     plan = _plan[0]
     if plan is None or plan.source is not source or not plan.current():
         plan = _plan[0] = _Plan(source)
-    if not plan.lean or not plan.real._is_enabled():  # noqa: SLF001
+    if not plan.lean or not (plan.real._tracer_config.is_enabled if _ENABLED_INLINE  # noqa: SLF001
+                             else plan.real._is_enabled()):  # noqa: SLF001
         merged = attributes if not extra else {**attributes, **extra}
         return source.start_span(name, context=parent, kind=kind, attributes=merged, links=links), None
     if template is None or template[0] is not plan:

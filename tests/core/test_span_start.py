@@ -275,3 +275,15 @@ def test_the_current_context_is_read_from_its_contextvar_only_when_that_is_the_r
         assert _context._otel_current_getter() is otel_context.get_current
     finally:
         otel_context._RUNTIME_CONTEXT = original
+
+
+def test_a_tracer_its_configurator_disabled_gives_what_the_sdk_gives() -> None:
+    from opentelemetry.sdk.trace import _TracerConfig
+
+    assert _span._ENABLED_INLINE  # the SDK's Tracer._is_enabled still reads what start() reads inline
+    tp, _ = _provider()
+    tracer = tp.get_tracer("t")
+    assert _both(tracer)[0].is_recording()
+    tracer._set_tracer_config(_TracerConfig(is_enabled=False))
+    lean, sdk = _both(tracer)
+    assert not lean.is_recording() and not sdk.is_recording() and type(lean) is type(sdk)
