@@ -26,7 +26,10 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation import _SPAN_KEY
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from instrument import _context, _instruments, _span
 from instrument._safety import report
@@ -66,6 +69,35 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
                 carrier["tracestate"] = sc[_STATE].to_header()
         return
     textmap.inject(carrier, context=_set_span_in_context(span))
+
+
+_TRACEPARENT = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE  # noqa: SLF001 - the SDK's own format
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+
+
+def extract(carrier: Any, getter: Any) -> Any:
+    """``propagate.extract(carrier, getter=getter)``, read directly for the default propagators.
+
+    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed
+    and the carrier has no ``baggage``, the generic path would return a new Context holding the remote span
+    context of a valid ``traceparent`` (and ``tracestate``), or an empty one: built here the same way, with
+    the SDK's own header format, without the composite's and each propagator's layers. Anything else takes
+    the generic path.
+    """
+    textmap = propagate.get_global_textmap()
+    if textmap is not _w3c_textmap[0] or getter.get(carrier, "baggage"):
+        return textmap.extract(carrier, getter=getter)
+    header = getter.get(carrier, "traceparent")
+    match = _TRACEPARENT.search(header[0]) if header else None
+    if match is None:
+        return Context()
+    version, trace_id, span_id, flags, rest = match.groups()
+    if trace_id == _NO_TRACE or span_id == _NO_SPAN or version == "ff" or (version == "00" and rest):
+        return Context()
+    if getter.get(carrier, "tracestate") is not None:  # its length limit and parsing, as the SDK does them
+        return textmap.extract(carrier, getter=getter)
+    span = _NonRecordingSpan(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16))))
+    return Context({_SPAN_KEY: span})
 
 _ERROR = StatusCode.ERROR
 _CancelledError = asyncio.CancelledError

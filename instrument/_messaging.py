@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from instrument import _context
+from instrument import _call, _context
 from instrument._call import DEFAULT_ERRORS, ClientErrors, Endpoint, Op, endpoint
 
 __all__ = ["client_endpoint", "consumer_endpoint", "extract", "links", "process", "aprocess",
@@ -68,7 +68,7 @@ def extract(headers: Mapping[str, Any] | None) -> otel_context.Context | None:
     """The producer's context from message headers, or None when there is none (then the current one is used)."""
     if not headers:
         return None
-    ctx = propagate.extract(headers, getter=GETTER)
+    ctx = _call.extract(headers, GETTER)
     if not trace.get_current_span(ctx).get_span_context().is_valid:
         return None
     return ctx

@@ -23,11 +23,11 @@ from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from instrument import _http, _instruments, _settings, _span
-from instrument._call import error_type
+from instrument._call import error_type, extract
 from instrument._safety import report
 
 MARK_KEY = "instrument.server_span"
@@ -41,14 +41,14 @@ _ERROR = StatusCode.ERROR
 class Request:
     """One incoming request in flight: its span, start time, attached context and metric attributes."""
 
-    __slots__ = ("active_attrs", "done", "method", "scheme", "span", "start", "status", "token")
+    __slots__ = ("active", "done", "method", "scheme", "span", "start", "status", "token")
 
-    def __init__(self, span: trace.Span, method: str, scheme: str, token: object, active_attrs: dict[str, Any]) -> None:
+    def __init__(self, span: trace.Span, method: str, scheme: str, token: object, active: Any) -> None:
         self.span = span
         self.method = method
         self.scheme = scheme
         self.token = token
-        self.active_attrs = active_attrs
+        self.active = active  # http.server.active_requests, bound to this method and scheme
         self.start = _perf()
         self.status: int | None = None
         self.done = False
@@ -63,18 +63,23 @@ class Request:
                 report("server detach", exc)
 
 
-# (method, scheme) -> their attributes (the span's validated once, and http.server.active_requests'), template
-_span_bases: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
-_metric_attrs: dict[tuple[str, str | None, int | None, str, str | None], dict[str, Any]] = {}
+# (method, scheme) -> their attributes, the span template (validated once), http.server.active_requests bound to them
+_span_bases: dict[tuple[str, str], tuple[dict[str, Any], Any, Any]] = {}
+# (method, route, status, scheme, error) -> http.server.request.duration bound to those attributes
+_durations: dict[tuple[str, str | None, int | None, str, str | None], Any] = {}
 
 
 def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None, client: str | None,
           user_agent: str | None, protocol: str | None, carrier: Any, getter: Any, headers: Any) -> Request:
     """Start the SERVER span for one request and make it the current context."""
     method = _http.method_name(method_raw)
-    parent = propagate.extract(carrier, getter=getter)
+    parent = extract(carrier, getter)
     key = (method, scheme)
-    base, template = _span_bases.get(key) or ({"http.request.method": method, "url.scheme": scheme}, None)
+    found = _span_bases.get(key)
+    if found is None:
+        base = {"http.request.method": method, "url.scheme": scheme}
+        found = (base, None, _instruments.get("http.server.active_requests").bind(base))
+    base, template, active = found
     attrs: dict[str, Any] = {"url.path": path}
     if method == "_OTHER":
         attrs["http.request.method_original"] = method_raw
@@ -98,10 +103,10 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
     span, template = _span.start(_instruments.tracer(), "HTTP" if method == "_OTHER" else method, _SERVER, base,
                                  template, attrs, parent, None)
     if len(_span_bases) < 256:
-        _span_bases[key] = (base, template)
+        _span_bases[key] = (base, template, active)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
-    _instruments.get("http.server.active_requests").add(1, base)
-    return Request(span, method, scheme, token, base)
+    active.add(1)
+    return Request(span, method, scheme, token, active)
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
@@ -176,25 +181,24 @@ def finish(request: Request, route: str | None, exc: BaseException | None,
                 else:
                     span.set_status(Status(_ERROR))
         span.end()
-        _instruments.get("http.server.request.duration").record(
-            duration, _metric_attributes(request.method, route, status, request.scheme, error))
-        _instruments.get("http.server.active_requests").add(-1, request.active_attrs)
+        _duration(request.method, route, status, request.scheme, error).record(duration)
+        request.active.add(-1)
     except Exception as internal:  # noqa: BLE001
         report("server finish", internal)
 
 
-def _metric_attributes(method: str, route: str | None, status: int | None, scheme: str,
-                       error: str | None) -> dict[str, Any]:
+def _duration(method: str, route: str | None, status: int | None, scheme: str, error: str | None) -> Any:
     key = (method, route, status, scheme, error)
-    attrs = _metric_attrs.get(key)
-    if attrs is None:
-        attrs = {"http.request.method": method, "url.scheme": scheme}
+    bound = _durations.get(key)
+    if bound is None:
+        attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
         if route:
             attrs["http.route"] = route
         if status is not None:
             attrs["http.response.status_code"] = status
         if error is not None:
             attrs["error.type"] = error
-        if len(_metric_attrs) < 2048:  # routes are templates (bounded); be safe anyway
-            _metric_attrs[key] = attrs
-    return attrs
+        bound = _instruments.get("http.server.request.duration").bind(attrs)
+        if len(_durations) < 2048:  # routes are templates (bounded); be safe anyway
+            _durations[key] = bound
+    return bound

@@ -29,12 +29,16 @@ __all__ = ["InstrumentMiddleware"]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+_ENVIRON_KEYS = {k: "HTTP_" + k.upper() for k in ("traceparent", "tracestate", "baggage")}
+
+
 class _EnvironGetter:
     """OpenTelemetry getter reading ``traceparent`` as ``HTTP_TRACEPARENT`` from a WSGI environ."""
 
     @staticmethod
     def get(carrier: Mapping[str, Any], key: str) -> list[str] | None:
-        value = carrier.get("HTTP_" + key.upper().replace("-", "_"))
+        name = _ENVIRON_KEYS.get(key) or "HTTP_" + key.upper().replace("-", "_")
+        value = carrier.get(name)
         return [value] if value is not None else None
 
     @staticmethod

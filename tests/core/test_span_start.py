@@ -287,3 +287,27 @@ def test_a_tracer_its_configurator_disabled_gives_what_the_sdk_gives() -> None:
     tracer._set_tracer_config(_TracerConfig(is_enabled=False))
     lean, sdk = _both(tracer)
     assert not lean.is_recording() and not sdk.is_recording() and type(lean) is type(sdk)
+
+
+_VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"traceparent": _VALID}, {"traceparent": _VALID.replace("-01", "-00")}, {"traceparent": " " + _VALID + "\t"},
+    {"traceparent": _VALID + "-extra"}, {"traceparent": "01" + _VALID[2:] + "-extra"}, {"traceparent": "ff" + _VALID[2:]},
+    {"traceparent": _VALID.upper()}, {"traceparent": "00-" + "0" * 32 + "-b7ad6b7169203331-01"},
+    {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01"}, {"traceparent": "garbage"},
+    {"traceparent": _VALID, "tracestate": "vendor=abc,k=v"}, {"traceparent": _VALID, "baggage": "tenant=t1"},
+    {"baggage": "tenant=t1"}, {"traceparent": ""},
+], ids=lambda h: ",".join(f"{k}={v[:12]}" for k, v in h.items()) or "none")
+def test_direct_extract_gives_what_the_propagators_give(headers: dict[str, str]) -> None:
+    from instrument._otel import _setup_propagators
+    from instrument._settings import Settings
+
+    _setup_propagators(Settings.from_env({}))
+    assert _call._w3c_textmap[0] is propagate.get_global_textmap()
+    direct = _call.extract(headers, propagate.textmap.default_getter)
+    generic = propagate.extract(headers)
+    assert trace.get_current_span(direct).get_span_context() == trace.get_current_span(generic).get_span_context()
+    assert baggage.get_all(direct) == baggage.get_all(generic)
+    assert dict(direct).keys() == dict(generic).keys()

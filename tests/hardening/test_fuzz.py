@@ -250,3 +250,32 @@ def test_sql_sanitiser_never_raises(text, dialect):
     out = sql.sanitize(text, dialect)
     assert isinstance(out, str)
     sql.describe(text, dialect)
+
+
+_HEX = st.text("0123456789abcdefABCDEF", min_size=0, max_size=34)
+
+
+def _hex_id(size: int) -> st.SearchStrategy[str]:  # mostly well-formed (lower-case, zero or not), sometimes not
+    return st.one_of(st.text("0123456789abcdef", min_size=size, max_size=size), st.just("0" * size), _HEX)
+
+
+@FUZZ
+@given(version=st.sampled_from(["00", "01", "ff", "0g", "0", "000"]), trace_id=_hex_id(32), span_id=_hex_id(16),
+       flags=st.sampled_from(["00", "01", "03", "ff", "1", "zz"]), extra=st.sampled_from(["", "-x", "-", "-01-ab"]),
+       pad=st.sampled_from(["", " ", "\t", "  \t"]), state=st.sampled_from([None, "k=v", "k=v,bad", ""]))
+@example(version="00", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331", flags="01",
+         extra="", pad="", state=None)
+def test_traceparent_extracted_directly_as_the_propagators_do(version, trace_id, span_id, flags, extra, pad,  # type: ignore[no-untyped-def]
+                                                             state) -> None:
+    from opentelemetry import propagate, trace
+
+    from instrument import _call
+    from instrument._otel import _setup_propagators
+
+    _setup_propagators(_settings.Settings.from_env({}))
+    headers = {"traceparent": f"{pad}{version}-{trace_id}-{span_id}-{flags}{extra}{pad}"}
+    if state is not None:
+        headers["tracestate"] = state
+    direct = _call.extract(headers, propagate.textmap.default_getter)
+    generic = propagate.extract(headers)
+    assert trace.get_current_span(direct).get_span_context() == trace.get_current_span(generic).get_span_context()
