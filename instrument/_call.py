@@ -45,6 +45,7 @@ _SUPPRESS_KEY = _SUPPRESS_INSTRUMENTATION_KEY  # OpenTelemetry's own suppression
 _NonRecordingSpan = trace.NonRecordingSpan
 _CallSpan = _span.CallSpan
 _TRACE_ID, _SPAN_ID, _FLAGS, _STATE, _IS_VALID = _span.TRACE_ID, _span.SPAN_ID, _span.FLAGS, _span.STATE, _span.IS_VALID
+_NO_STATE = trace.DEFAULT_TRACE_STATE
 _OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_context`` (no method call)
 
 _set_span_in_context = trace.set_span_in_context
@@ -65,8 +66,9 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
         sc = span._context if span.__class__ in _OWN_SPANS else span.get_span_context()  # noqa: SLF001
         if sc[_IS_VALID]:
             carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc[_TRACE_ID], sc[_SPAN_ID], sc[_FLAGS])
-            if sc[_STATE]:
-                carrier["tracestate"] = sc[_STATE].to_header()
+            state = sc[_STATE]
+            if state is not _NO_STATE and state:  # (the default empty state, without TraceState.__len__)
+                carrier["tracestate"] = state.to_header()
         return
     textmap.inject(carrier, context=_set_span_in_context(span))
 
