@@ -25,8 +25,7 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
-from opentelemetry.context import Context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -100,6 +99,7 @@ def extract(carrier: Any, getter: Any) -> Any:
         return textmap.extract(carrier, getter=getter)
     span = _NonRecordingSpan(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16))))
     return Context({_SPAN_KEY: span})
+
 
 _ERROR = StatusCode.ERROR
 _CancelledError = asyncio.CancelledError

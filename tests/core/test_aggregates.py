@@ -164,7 +164,7 @@ def test_measurements_recorded_from_many_threads_while_readers_snapshot_are_each
 
     def read() -> None:
         while not done.is_set():
-            count, total, low, high, *_ = bound.snapshot(delta_reader)
+            _count, _total, low, high, *_ = bound.snapshot(delta_reader)
             deltas.append((low, high))
 
     import sys

@@ -284,6 +284,7 @@ def test_redis_deadline_leaves_other_commands_alone(redis_service, tel, patched)
     redis = pytest.importorskip("redis")
     patched("redis")
     from instrument.integrations import redis as redis_integration
+
     from instrument.patching import is_patched
 
     client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=7)
