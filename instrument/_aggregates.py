@@ -189,11 +189,12 @@ class BoundSum:
     """One attribute set of one counter or up-down counter: the running total (amounts appended and summed
     in batches, like :class:`Bound`'s measurements)."""
 
-    __slots__ = ("_lock", "attributes", "pending", "total")
+    __slots__ = ("_lock", "attributes", "pending", "seen", "total")
 
     def __init__(self, attributes: Mapping[str, Any]) -> None:
         self.attributes = dict(attributes)
         self.total = 0
+        self.seen = False  # anything added since it was made (or zeroed in a forked child): else not reported
         self.pending: list[float] = []
         self._lock = threading.Lock()
 
@@ -210,6 +211,7 @@ class BoundSum:
             if n:
                 self.total += sum(pending[:n])
                 del pending[:n]  # what was appended since the copy stays, for the next fold
+                self.seen = True
             return self.total
 
 
@@ -322,6 +324,7 @@ def forget_recorded() -> None:
             total._lock = threading.Lock()
             total.total = 0
             total.pending = []
+            total.seen = False
     _state["start"] = time_ns()
     _state["generation"] += 1  # readers forget what they exported before: their deltas start again from zero
 
@@ -342,6 +345,8 @@ def _sums(delta: bool, seen: dict[int, tuple[Any, ...]], now: int, updown_delta:
         points = []
         for bound in fast.bounds_list():
             value = bound.value()
+            if not bound.seen:
+                continue  # nothing added since it was made or zeroed: the SDK has no point for it either
             start = _state["start"]
             if as_delta:
                 last = seen.get(id(bound))

@@ -51,22 +51,17 @@ class PoolMetrics:
         self._used = {**self.attributes, "db.client.connection.state": "used"}
         self._owner = weakref.ref(owner) if owner is not None else None
         self._snapshot = snapshot
-        # Bound once: a checkout records its wait and use time without rebuilding attribute sets.
-        self._create = _instruments.get("db.client.connection.create_time").bind(self.attributes)
-        self._wait = _instruments.get("db.client.connection.wait_time").bind(self.attributes)
-        self._use = _instruments.get("db.client.connection.use_time").bind(self.attributes)
+        # Bound once: a checkout records its wait and use time without rebuilding attribute sets, and
+        # created/waited/used(seconds) are the bound histograms' own record (no call of ours in between).
+        self.created: Callable[[float], None] = _instruments.get("db.client.connection.create_time").bind(
+            self.attributes).record
+        self.waited: Callable[[float], None] = _instruments.get("db.client.connection.wait_time").bind(
+            self.attributes).record
+        self.used: Callable[[float], None] = _instruments.get("db.client.connection.use_time").bind(
+            self.attributes).record
         self._timeouts = _instruments.get("db.client.connection.timeouts")
         _ensure_observers()
         _live.add(self)
-
-    def created(self, seconds: float) -> None:
-        self._create.record(seconds)
-
-    def waited(self, seconds: float) -> None:
-        self._wait.record(seconds)
-
-    def used(self, seconds: float) -> None:
-        self._use.record(seconds)
 
     def timed_out(self) -> None:
         self._timeouts.add(1, self.attributes)

@@ -110,8 +110,8 @@ def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     query, params = _query(args, kwargs)
     if query.__class__ is not str:
         query = _render(query, conn)
-    return execute(getattr(conn, _CACHED, None) or endpoint_for(conn), wrapped, args, kwargs, query, params,
-                   cancel=_cancel, target=conn, abort=_abort)
+    return execute(endpoint_for(conn), wrapped, args, kwargs, query, params, cancel=_cancel, target=conn,
+                   abort=_abort)
 
 
 def _conn_endpoint(conn: Any) -> Endpoint | None:
@@ -127,7 +127,7 @@ def _conn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: di
     error (raised by ``cursor()``, before the cursor's execute) is a failed call too."""
     if _suppressed.get():
         return wrapped(*args, **kwargs)
-    ep = getattr(instance, _CACHED, None) or _conn_endpoint(instance)
+    ep = _conn_endpoint(instance)
     if ep is None:
         return wrapped(*args, **kwargs)
     query, params = _query(args, kwargs)

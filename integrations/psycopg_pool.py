@@ -49,7 +49,7 @@ def metrics_for(pool: Any) -> PoolMetrics:
 
 
 def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
+    metrics = metrics_for(instance)
     start = _perf()
     try:
         conn = wrapped(*args, **kwargs)
@@ -57,7 +57,7 @@ def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
         metrics.timed_out()
         raise
     now = _perf()
-    metrics._wait.record(now - start)  # noqa: SLF001 - PoolMetrics.waited, inlined on the hot path
+    metrics.waited(now - start)
     conn._instrument_checkout = now
     return conn
 
@@ -71,7 +71,7 @@ def _used(pool: Any, conn: Any) -> None:
     start = getattr(conn, "_instrument_checkout", None)
     if start is not None:
         conn._instrument_checkout = None
-        (pool.__dict__.get(_METRICS) or metrics_for(pool))._use.record(_perf() - start)  # noqa: SLF001
+        metrics_for(pool).used(_perf() - start)
 
 
 def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

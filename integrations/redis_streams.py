@@ -101,29 +101,16 @@ def _run(ep: Endpoint, kind: int, op: Any, fn: Callable[..., Any], args: tuple[A
 # -- XADD ---------------------------------------------------------------------------------------------
 
 
-# (endpoint, stream name as the application gives it, str or bytes) -> its publish Op, without decoding the name
-_publish_ops: dict[tuple[Endpoint, Any], Any] = {}
-
-
 def _xadd(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    kind = _kinds.get(instance.__class__)
-    if kind is None:
-        kind = _kind(instance)
+    kind = _kind(instance)
     if kind == _PASS:
         return wrapped(*args, **kwargs)
     name = args[0] if args else kwargs.get("name")
     fields = args[1] if len(args) > 1 else kwargs.get("fields")
     if name is None or not isinstance(fields, dict):
         return wrapped(*args, **kwargs)
-    ep = getattr(instance.connection_pool, "__dict__", _NONE).get(_ENDPOINT) or _endpoint(instance)
-    cacheable = name.__class__ is str or name.__class__ is bytes
-    op = _publish_ops.get((ep, name)) if cacheable else None
-    if op is None:
-        op = _messaging.publish_op(ep, _text(name))
-        if cacheable:
-            if len(_publish_ops) >= 1024:
-                _publish_ops.clear()
-            _publish_ops[(ep, name)] = op
+    ep = _endpoint(instance)
+    op = _messaging.publish_op(ep, _text(name))
     carrier: dict[str, str] = {}
     if "name" in kwargs or "fields" in kwargs:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "fields")}

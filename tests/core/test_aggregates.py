@@ -228,3 +228,19 @@ def test_a_counter_amount_added_while_its_batch_is_summed_is_kept_and_every_amou
         total.add(2)
     assert len(total.pending) < _aggregates._FOLD_AT
     assert total.value() == 3 - 1 + 2 * adds and total.pending == []
+
+
+@pytest.mark.parametrize("preference", [{}, {Counter: DELTA, UpDownCounter: DELTA}])
+def test_a_sum_zeroed_with_nothing_added_since_is_not_reported(tel, preference) -> None:  # noqa: ARG001 - tel: init()
+    ours = _OurReader(preferred_temporality=preference)
+    provider = MeterProvider(metric_readers=[ours])  # noqa: F841 - a reader needs its provider to collect
+    counter, updown = _instruments.get(COUNTER), _instruments.get(UPDOWN)
+    attrs = {"messaging.destination.name": "zeroed-in-a-child"}
+    counter.add(5, attrs)
+    updown.add(1, attrs)
+    _aggregates.forget_recorded()  # what a forked child does: the parent's sums are not its own
+    assert [k for k in _exported(ours) if dict(k[1]) == attrs] == []  # the SDK has no point for them either
+    updown.add(1, attrs)
+    updown.add(-1, attrs)  # back to zero, but measured: reported, as the SDK reports it
+    assert [v for k, v in _exported(ours).items() if dict(k[1]) == attrs] == [(
+        DELTA if preference else CUMULATIVE, False, 0)]
