@@ -61,3 +61,25 @@ def test_every_operation_runs_with_the_spans_each_variant_should_make() -> None:
         assert title in rows, out.stdout
         # contrib's pika instrumentation makes two spans per BlockingChannel publish (documented in the op)
         assert rows[title] in ("ok", "spans contrib=2"), (title, rows[title])
+
+
+def test_instruction_counts_run_under_callgrind() -> None:
+    """``python -m benchmarks.instructions`` runs each variant under valgrind and prints its table (the
+    figures of so few calls mean nothing; this proves the mode works)."""
+    import shutil
+
+    import pytest
+
+    from tests.conftest import need
+
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    need("redis")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--only", "redis", "--calls", "20",
+                          "--variants", "bare,ours,contrib"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = next(line.split() for line in out.stdout.splitlines() if line.startswith("redis GET"))
+    bare, ours, contrib, ratio = float(row[2]), float(row[3]), float(row[4]), row[5]
+    assert bare > 10 and ours > 0 and contrib > 0 and ratio.endswith("x")  # thousands per call: it counted
