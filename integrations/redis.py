@@ -220,8 +220,10 @@ _hook_lock = threading.Lock()
 # it runs in), or, for a command outside any call (the toolkit's own traffic), a mark set here
 _owner: ContextVar[object | None] = ContextVar("instrument.redis.deadline_owner", default=None)
 _running = _context.current
-_SAVED = "_instrument_saved"  # on a bounded connection: (owner, socket_timeout, socket_connect_timeout, retry)
+_SAVED = "_instrument_saved"  # on a bounded connection: its own (socket_timeout, socket_connect_timeout, retry)
+_OWNER = "_instrument_owner"  # on a bounded connection: the command that bound it last
 _no_retry: list[Any] = []
+_monotonic = time.monotonic
 
 
 def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -255,22 +257,26 @@ def _hook_connections() -> None:
             _hooked.append(True)
 
 
-def _bound(conn: Any, owner: object) -> None:
+def _bound(conn: Any, owner: object, at: float | None = None) -> None:
     """Socket and connect timeouts = the time left, no retry of the connection's own, until restored."""
-    at = _deadline.get()
     if at is None:
-        return
-    left = max(at - time.monotonic(), 0.001)
+        at = _deadline.get()
+        if at is None:
+            return
+    left = at - _monotonic()
+    if left < 0.001:
+        left = 0.001
     state = conn.__dict__
     saved = state.get(_SAVED)
     if saved is not None:
-        if saved[0] is owner:
+        if state[_OWNER] is owner:
             return  # bound by this command already (at checkout): once per command is enough
-        state[_SAVED] = (owner, *saved[1:])  # this command's now: its end (or release) restores it
+        state[_OWNER] = owner  # this command's now: its end (or release) restores it
+        # Bound by an earlier command with about the same time left (a Timeout policy on every command):
+        # keep it, at most 1% (5 ms) early or 0.1% (1 ms) late, and spare the socket and parser updates.
         current = conn.socket_timeout
-        if current is not None and left - min(0.005, left / 100) <= current <= left + min(0.001, left / 1000):
-            # Bound by an earlier command with about the same time left (a Timeout policy on every command):
-            # keep it, at most 1% (5 ms) early or 0.1% (1 ms) late, and spare the socket and parser updates.
+        if current is not None and (left * 0.99 if left < 0.5 else left - 0.005) <= current \
+                <= (left * 1.001 if left < 1.0 else left + 0.001):
             return
     else:
         if not _no_retry:
@@ -278,9 +284,10 @@ def _bound(conn: Any, owner: object) -> None:
             from redis.retry import Retry
 
             _no_retry.append(Retry(NoBackoff(), 0))
-        state[_SAVED] = (owner, conn.socket_timeout, conn.socket_connect_timeout, conn.retry)
+        saved = state[_SAVED] = (conn.socket_timeout, conn.socket_connect_timeout, conn.retry)
+        state[_OWNER] = owner
         conn.retry = _no_retry[0]
-    connect = state[_SAVED][2]
+    connect = saved[1]
     conn.socket_connect_timeout = left if connect is None else min(connect, left)
     _socket_timeout(conn, left)
 
@@ -289,10 +296,10 @@ def _unbound(conn: Any, owner: object | None = None) -> None:
     """Restore a bounded connection (only the bounding command's, unless ``owner`` is None: a release)."""
     state = getattr(conn, "__dict__", {})
     saved = state.get(_SAVED)
-    if saved is None or (owner is not None and saved[0] is not owner):
+    if saved is None or (owner is not None and state[_OWNER] is not owner):
         return
-    del state[_SAVED]
-    _, timeout, conn.socket_connect_timeout, conn.retry = saved
+    del state[_SAVED], state[_OWNER]
+    timeout, conn.socket_connect_timeout, conn.retry = saved
     _socket_timeout(conn, timeout)
 
 
@@ -313,10 +320,11 @@ def _socket_timeout(conn: Any, value: float | None) -> None:
 
 
 def _connection_hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    owner = _owner.get() or (_running.get() if _deadline.get() is not None else None)
     try:
+        at = _deadline.get()
+        owner = (_owner.get() or _running.get()) if at is not None else None
         if owner is not None:
-            _bound(instance, owner)
+            _bound(instance, owner, at)
         elif _SAVED in instance.__dict__:
             _unbound(instance)  # bound by an earlier command's deadline: its own settings again
     except Exception as exc:  # noqa: BLE001 - never let our code break the command

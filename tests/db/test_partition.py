@@ -252,7 +252,7 @@ def test_redis_blackholed_policy_timeout(redis_proxy, tel, patched, settings_env
         client.set("instrument:partition", "v")
         conn = client.connection or client.connection_pool._available_connections[0]
         saved = conn.__dict__.get("_instrument_saved")  # bound by set()'s deadline until the next checkout
-        before = (saved[1], saved[3]) if saved else (conn.socket_timeout, conn.retry)  # its own settings
+        before = (saved[0], saved[2]) if saved else (conn.socket_timeout, conn.retry)  # its own settings
         redis_proxy.blackhole()
         for call in (lambda: client.get("instrument:partition"),
                      lambda: client.pipeline().get("instrument:partition").get("x").execute()):
