@@ -45,7 +45,7 @@ _NonRecordingSpan = trace.NonRecordingSpan
 _CallSpan = _span.CallSpan
 _TRACE_ID, _SPAN_ID, _FLAGS, _STATE, _IS_VALID = _span.TRACE_ID, _span.SPAN_ID, _span.FLAGS, _span.STATE, _span.IS_VALID
 _NO_STATE = trace.DEFAULT_TRACE_STATE
-_OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_context`` (no method call)
+OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_context`` (no method call)
 
 _set_span_in_context = trace.set_span_in_context
 _start_span = _span.start
@@ -62,7 +62,7 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
     """
     textmap = propagate.get_global_textmap()
     if textmap is _w3c_textmap[0] and not _otel_current().get(_BAGGAGE_KEY):
-        sc = span._context if span.__class__ in _OWN_SPANS else span.get_span_context()  # noqa: SLF001
+        sc = span._context if span.__class__ in OWN_SPANS else span.get_span_context()  # noqa: SLF001
         if sc[_IS_VALID]:
             carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc[_TRACE_ID], sc[_SPAN_ID], sc[_FLAGS])
             state = sc[_STATE]

@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from instrument import _http, _instruments, _settings, _span
-from instrument._call import error_type, extract
+from instrument._call import OWN_SPANS, error_type, extract
 from instrument._safety import report
 
 MARK_KEY = "instrument.server_span"
@@ -181,7 +181,9 @@ def finish(request: Request, route: str | None, exc: BaseException | None,
                 else:
                     span.set_status(Status(_ERROR))
         span.end()
-        _duration(request.method, route, status, request.scheme, error).record(duration)
+        context = span._context if span.__class__ in OWN_SPANS else span.get_span_context()  # noqa: SLF001
+        # a sampled request's span becomes its bucket's exemplar, as a client call's does
+        _duration(request.method, route, status, request.scheme, error).record(duration, context)
         request.active.add(-1)
     except Exception as internal:  # noqa: BLE001
         report("server finish", internal)

@@ -96,6 +96,11 @@ def test_every_client_joins_the_trace_across_wsgi_and_asgi(receiver):  # type: i
                                                for p in receiver.metric_points("http.server.request.duration")}
                                       >= {"/echo/{client}", "/via/<client>"})
     assert server_routes
+    # every duration point (client and server) keeps a sampled request of its bucket as the exemplar
+    traces = {s.trace_id for s in spans}
+    for name in ("http.client.request.duration", "http.server.request.duration"):
+        exemplars = [t for p in receiver.metric_points(name) for t in p.exemplar_trace_ids]
+        assert exemplars and set(exemplars) <= traces, name
 
 
 EXPORT = """
