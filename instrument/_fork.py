@@ -26,6 +26,7 @@ one the SDK's own fork handler calls. ``tests/hardening/test_fork.py`` fails if 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import uuid
 from typing import Any
@@ -137,25 +138,22 @@ def _rebuild_deferred_exporters() -> None:
             deferred._real = None
 
 
+# Module locks another thread of the parent may hold at fork time (a reader copying the aggregates'
+# registry, a request drawing a fault, a pool registering its observers, a first deadline hooking redis
+# connections): the child gets its own.
+_MODULE_LOCKS = (
+    ("instrument", "_lock"), ("instrument._aggregates", "_lock"), ("instrument._safety", "_lock"),
+    ("instrument._pool_metrics", "_lock"), ("instrument.integrations", "_lock"),
+    ("instrument.policies._config", "_lock"), ("instrument.faults._registry", "_lock"),
+    ("instrument.faults._server", "_rng_lock"), ("instrument.integrations.redis", "_hook_lock"),
+)
+
+
 def _reset_locks() -> None:
-    import instrument
-    from instrument import _safety, integrations
-
-    instrument._lock = threading.Lock()
-    _safety._lock = threading.Lock()
-    integrations._lock = threading.Lock()
-    try:
-        from instrument.policies import _config
-
-        _config._lock = threading.Lock()
-    except ImportError:  # pragma: no cover - policies always ship
-        pass
-    try:
-        from instrument.faults import _registry
-
-        _registry._lock = threading.Lock()
-    except ImportError:  # pragma: no cover
-        pass
+    for name, attribute in _MODULE_LOCKS:
+        module = sys.modules.get(name)  # one the parent never imported has no lock to renew
+        if module is not None:
+            setattr(module, attribute, threading.Lock())
 
 
 def _reset_toolkit_state() -> None:

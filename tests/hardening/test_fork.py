@@ -440,6 +440,62 @@ def test_a_fork_waits_for_an_export_in_progress_and_the_child_can_export():
     assert result.stdout.split() == ["child", "0"]
 
 
+def test_a_child_forked_while_the_parent_reads_its_aggregates_does_not_hang():
+    """A metric reader copies the toolkit's aggregate registry under a module lock, outside the SDK's locks
+    that fork() waits for; a child forked meanwhile gets that lock taken and must not wait on it forever."""
+    code = textwrap.dedent("""
+        import os, signal, threading, time
+        from instrument import _aggregates, _fork
+
+        taken = threading.Event()
+
+        def reader():
+            with _aggregates._lock:  # what a collection does while it copies the registry
+                taken.set()
+                time.sleep(2)
+
+        threading.Thread(target=reader, daemon=True).start()
+        taken.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)  # a hang ends the child with SIGALRM
+            _fork.after_in_child()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    result = run_python(code, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["child", "0"]
+
+
+def test_every_module_lock_of_the_toolkit_is_renewed_in_a_forked_child():
+    """A lock added to a module later must be added to the child's renewals too (or have its own reset)."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, threading
+        import instrument
+        from instrument import _fork
+
+        kinds = (type(threading.Lock()), type(threading.RLock()))
+        found = set()
+        for info in pkgutil.walk_packages(instrument.__path__, "instrument."):
+            if info.name.endswith((".auto", ".__main__")):
+                continue  # importing these starts the toolkit
+            module = importlib.import_module(info.name)
+            found |= {(info.name, key) for key, value in vars(module).items() if isinstance(value, kinds)}
+        for name in ("instrument", "instrument.integrations", "instrument.integrations.redis"):
+            module = importlib.import_module(name)
+            found |= {(name, key) for key, value in vars(module).items() if isinstance(value, kinds)}
+        renewed = set(_fork._MODULE_LOCKS)
+        own_reset = {("instrument._export", "_lock")}  # _export.reset() renews it
+        test_only = {("instrument.testing._memory", "_lock")}
+        print(sorted(found - renewed - own_reset - test_only), sorted(renewed - found))
+    """)
+    result = run_python(code, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[] []"
+
+
 def test_a_forked_child_builds_its_own_exporters() -> None:
     """An exporter the parent built (its session or channel possibly mid-export at the fork) is not reused:
     the child builds a fresh one on its first export, and never closes the parent's."""
