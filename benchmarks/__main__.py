@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cpu: this process's CPU time (robust on a shared machine; the default); wall: elapsed time")
     p.add_argument("--block", choices=("median", "min"), default="min",
                    help="statistic of a block's individually timed calls (network operations)")
+    p.add_argument("--pause", type=int, default=harness.PAUSE_US[0], metavar="US",
+                   help="untimed µs of spinning before each timed call of an operation, so that every variant's "
+                        "call finds the server in the same state (0: back to back)")
     p.add_argument("--rounds", type=int, default=0)
     p.add_argument("--calls", type=int, default=0, help="calls per timed block for the operations")
     args = p.parse_args(argv)
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown operation(s) {unknown}; choose from {','.join(ALL)}")
     harness.BLOCK_STAT[0] = args.block
+    harness.PAUSE_US[0] = args.pause
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     from benchmarks import _telemetry, servers
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             sink.stop()
     md = args.markdown
     head = (f"instrument benchmarks: mode={'quick' if args.quick else 'full'}, exporters={tel.mode}, "
-            f"clock={args.clock}, python {platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}, "
+            f"clock={args.clock}, pause={args.pause} µs, python {platform.python_version()}, {platform.machine()}, {time.strftime('%Y-%m-%d')}, "
             f"took {time.perf_counter() - started:.0f} s")
     print(head + "\n")
     for t in tables:

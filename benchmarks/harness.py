@@ -5,8 +5,9 @@ Each round activates one variant at a time (patch / instrument), warms it up, ti
 and deactivates it; the order of variants rotates from round to round, so that drift on a shared
 machine (other processes, CPU frequency) spreads over all of them. The figures are:
 
-- per-call µs of a variant in a round: the median of its individually timed calls (network operations),
-  or ``elapsed / calls`` (micro benchmarks); on the process's CPU clock (default) or the wall clock;
+- per-call µs of a variant in a round: the fastest of its individually timed calls, each after an untimed
+  pause (network operations; see PAUSE_US), or ``elapsed / calls`` (micro benchmarks); on the process's
+  CPU clock (default) or the wall clock;
 - overhead of a variant in a round: its per-call µs minus the bare variant's **in the same round**;
 - min / median / max over the rounds;
 - ``A/A``: a second, identical bare variant; its overhead is pure noise and shows how far to trust the rest;
@@ -113,6 +114,13 @@ class Result:
 
 CLOCKS = ("cpu", "wall")
 BLOCK_STAT = ["min"]  # of a block's individually timed calls: "median" or "min" (python -m benchmarks --block)
+# Untimed µs of spinning before each individually timed call (python -m benchmarks --pause). Back to back, a
+# call finds the server still awake from the one before, and the faster the client, the more often: a bare
+# pika publish costs ~42 µs of CPU back to back and ~52 µs after 5-80 µs of other work (the sender's send()
+# then also wakes the broker). Back to back, that would charge the server's wake-up to every instrumented
+# variant, as if it were instrumentation; paused, every variant's call starts with the server in the same
+# state, as calls in an application do (it does other work between them).
+PAUSE_US = [100]
 
 
 def _pick(samples: list[int]) -> float:
@@ -122,11 +130,13 @@ def _pick(samples: list[int]) -> float:
 
 
 def _block_sync(fn: Callable[[], Any], calls: int, clock: str) -> float:
-    """Median µs of ``calls`` individually timed calls: a call preempted by another process is an outlier
-    the median ignores. ``cpu`` is this process's CPU time (all threads, so the span exporter's too)."""
+    """µs of ``calls`` individually timed calls, each after a pause (the fastest by default, the least
+    disturbed; or the median: see BLOCK_STAT). ``cpu`` is this process's CPU time (all threads, so the span
+    exporter's too)."""
     now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
     samples = [0] * calls
     for i in range(calls):
+        _pause()
         t = now()
         fn()
         samples[i] = now() - t
@@ -137,10 +147,18 @@ async def _ablock(fn: Callable[[], Any], calls: int, clock: str) -> float:
     now = time.process_time_ns if clock == "cpu" else time.perf_counter_ns
     samples = [0] * calls
     for i in range(calls):
+        _pause()
         t = now()
         await fn()
         samples[i] = now() - t
     return _pick(samples) / 1000
+
+
+def _pause() -> None:
+    """Spin PAUSE_US µs (no sleep: the process keeps its CPU and caches, only the server goes idle)."""
+    end = time.perf_counter_ns() + PAUSE_US[0] * 1000
+    while time.perf_counter_ns() < end:
+        pass
 
 
 def _block_total(fn: Callable[[], Any], calls: int, clock: str) -> float:
