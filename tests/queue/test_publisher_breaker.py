@@ -45,8 +45,10 @@ class Publisher:
             try:
                 self.channel = _connect(self.port).channel()  # type: ignore[attr-defined]
                 self.channel.confirm_delivery()  # type: ignore[attr-defined]
-            except pika.exceptions.AMQPError:
-                pass  # still down: publish on the dead channel fails (and counts) below
+            except (pika.exceptions.AMQPError, ValueError):
+                # still down: publish on the dead channel fails (and counts) below. (pika raises ValueError
+                # "Expected connected socket" when the reset lands between its connect() and getpeername())
+                pass
         self.channel.basic_publish("", self.queue, b"order",  # type: ignore[attr-defined]
                                    pika.BasicProperties(message_id=message_id, delivery_mode=2))
 
