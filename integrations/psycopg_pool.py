@@ -49,29 +49,29 @@ def metrics_for(pool: Any) -> PoolMetrics:
 
 
 def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    metrics = metrics_for(instance)
     start = _perf()
     try:
         conn = wrapped(*args, **kwargs)
     except psycopg_pool.PoolTimeout:
-        metrics.timed_out()
+        metrics_for(instance).timed_out()
         raise
     now = _perf()
+    metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
     metrics.waited(now - start)
-    conn._instrument_checkout = now
+    conn._instrument_checkout = (now, metrics.used)  # what putconn records the use time with
     return conn
 
 
 def _putconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    _used(instance, args[0] if args else kwargs.get("conn"))
+    _used(args[0] if args else kwargs.get("conn"))
     return wrapped(*args, **kwargs)
 
 
-def _used(pool: Any, conn: Any) -> None:
-    start = getattr(conn, "_instrument_checkout", None)
-    if start is not None:
+def _used(conn: Any) -> None:
+    checkout = getattr(conn, "_instrument_checkout", None)
+    if checkout is not None:
         conn._instrument_checkout = None
-        metrics_for(pool).used(_perf() - start)
+        checkout[1](_perf() - checkout[0])
 
 
 def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -82,21 +82,21 @@ def _connect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
 
 
 async def _agetconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    metrics = metrics_for(instance)
     start = _perf()
     try:
         conn = await wrapped(*args, **kwargs)
     except psycopg_pool.PoolTimeout:
-        metrics.timed_out()
+        metrics_for(instance).timed_out()
         raise
     now = _perf()
+    metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
     metrics.waited(now - start)
-    conn._instrument_checkout = now
+    conn._instrument_checkout = (now, metrics.used)
     return conn
 
 
 async def _aputconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    _used(instance, args[0] if args else kwargs.get("conn"))
+    _used(args[0] if args else kwargs.get("conn"))
     return await wrapped(*args, **kwargs)
 
 

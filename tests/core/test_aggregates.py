@@ -13,6 +13,8 @@ import textwrap
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, UpDownCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
@@ -244,3 +246,28 @@ def test_a_sum_zeroed_with_nothing_added_since_is_not_reported(tel, preference) 
     updown.add(-1, attrs)  # back to zero, but measured: reported, as the SDK reports it
     assert [v for k, v in _exported(ours).items() if dict(k[1]) == attrs] == [(
         DELTA if preference else CUMULATIVE, False, 0)]
+
+
+_BOUNDS = (0.005, 0.01, 0.025, 0.5, 10.0)
+
+
+@given(st.lists(st.one_of(st.sampled_from(_BOUNDS), st.floats(0, 20, allow_nan=False),
+                          st.just(0.0), st.just(1e9)), max_size=3 * _aggregates._FOLD_AT))
+@settings(max_examples=200, deadline=None)
+def test_a_folded_batch_counts_each_value_in_the_bucket_the_sdk_puts_it_in(values: list[float]) -> None:
+    """Batches are sorted and bisected, not walked value by value: each value, one equal to a bound
+    included (a bucket's upper bound is inclusive), lands where the SDK's own bisect puts it; sum, min and
+    max are the recording-order ones."""
+    from bisect import bisect_left
+
+    bound = _aggregates.Bound(_BOUNDS, {})
+    expected = [0] * (len(_BOUNDS) + 1)
+    total = 0.0
+    for value in values:
+        bound.record(value)
+        expected[bisect_left(_BOUNDS, value)] += 1
+        total += value
+    count, got_total, low, high, counts, _exemplars = bound.snapshot()
+    assert counts == expected and count == len(values)
+    assert got_total == total  # the same additions in the same order: equal, not approximately
+    assert (low, high) == ((min(values), max(values)) if values else (float("inf"), float("-inf")))
