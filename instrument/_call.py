@@ -49,7 +49,8 @@ OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_co
 
 _set_span_in_context = trace.set_span_in_context
 _start_span = _span.start
-_w3c_textmap: list[Any] = [None]  # set by _otel._setup_propagators to the composite it installed, if plain W3C
+_w3c_textmap: list[Any] = [None]
+_HEX2 = [f"{i:02x}" for i in range(256)]  # trace flags as traceparent writes them  # set by _otel._setup_propagators to the composite it installed, if plain W3C
 
 
 def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
@@ -64,7 +65,9 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
     if textmap is _w3c_textmap[0] and not _otel_current().get(_BAGGAGE_KEY):
         sc = span._context if span.__class__ in OWN_SPANS else span.get_span_context()  # noqa: SLF001
         if sc[_IS_VALID]:
-            carrier["traceparent"] = "00-%032x-%016x-%02x" % (sc[_TRACE_ID], sc[_SPAN_ID], sc[_FLAGS])
+            # ids as big-endian bytes in hex: the same text as "%032x"/"%016x", in about half the time
+            carrier["traceparent"] = \
+                f"00-{sc[_TRACE_ID].to_bytes(16, 'big').hex()}-{sc[_SPAN_ID].to_bytes(8, 'big').hex()}-{_HEX2[sc[_FLAGS]]}"
             state = sc[_STATE]
             if state is not _NO_STATE and state:  # (the default empty state, without TraceState.__len__)
                 carrier["tracestate"] = state.to_header()

@@ -1,7 +1,8 @@
 """urllib3: one CLIENT span, RED metrics and policies per ``HTTPConnectionPool.urlopen``.
 
 The pool already knows its origin (``scheme``, ``host``, ``port``), so the endpoint is found without
-parsing a URL. ``PoolManager`` (and ``urllib3.request``) follows redirects itself, one ``urlopen`` per
+parsing a URL, and what a (method, url) resolves to (op, redacted ``url.full``, exclusion) is kept on the
+pool for the settings in force. ``PoolManager`` (and ``urllib3.request``) follows redirects itself, one ``urlopen`` per
 hop, so each hop is its own span; urllib3's own retries inside one ``urlopen`` stay inside its span.
 Under requests this layer passes straight through (requests already made the span).
 
@@ -27,6 +28,8 @@ from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
 TARGETS = (Target("urllib3.connectionpool", "HTTPConnectionPool.urlopen"),)
+
+_suppressed = _context.suppressed
 
 _TIMEOUT_POSITION = 7  # urlopen(method, url, body, headers, retries, redirect, assert_same_host, timeout, ...)
 
@@ -106,28 +109,51 @@ def _endpoint(pool: Any) -> tuple[Endpoint, str]:
 
 
 _PROPAGATED = frozenset({"traceparent", "tracestate", "baggage"})
+_str_lower = str.lower
 
 
 def _copy(headers: Any) -> Any:
     """The request headers to send, ours to add the trace context to: a plain dict (what urllib3 sends
-    fastest, and a pool's default) unless the caller's could hold repeated fields or another spelling of a
-    propagation header, which urllib3's case-insensitive ``HTTPHeaderDict`` then replaces correctly."""
-    if headers.__class__ is dict and not any(k.lower() in _PROPAGATED for k in headers if k not in _PROPAGATED):
-        return dict(headers)
+    fastest, and a pool's default) unless the caller's could hold repeated fields or a propagation header
+    (in any spelling), which urllib3's case-insensitive ``HTTPHeaderDict`` then replaces correctly."""
+    if headers.__class__ is dict:
+        try:
+            if _PROPAGATED.isdisjoint(map(_str_lower, headers)):
+                return headers.copy()
+        except TypeError:  # a bytes name
+            pass
     return urllib3.HTTPHeaderDict(headers)
 
 
+_ROUTES = "_instrument_routes"  # on a pool: (settings, {(method, url): (endpoint, op or None, url.full)})
+
+
+def _route(pool: Any, method: Any, url: str, settings: Any) -> tuple[Endpoint, Any, str | None]:
+    """What a (method, url) on this pool resolves to: its endpoint, its op (None for a method that is
+    idempotent only with an idempotency key, decided per call) and its redacted url.full (None: excluded)."""
+    ep, base = _endpoint(pool)
+    full = url if "://" in url[:12] else base + (url if url.startswith("/") else "/" + url)
+    name = _http.method_of(method)
+    op = ep.op(name, idempotent=True) if name in _http.IDEMPOTENT_METHODS else None
+    return ep, op, _http.url_full(full, settings)
+
+
 def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _context.suppressed.get():  # under requests (or a retry of our own call): one span, not two
+    if _suppressed.get():  # under requests (or a retry of our own call): one span, not two
         return wrapped(*args, **kwargs)
     method = args[0] if args else kwargs.get("method", "GET")
     url = args[1] if len(args) > 1 else kwargs.get("url", "/")
-    full = url if "://" in url[:12] else None
-    ep, base = _endpoint(instance)
-    if full is None:
-        full = base + (url if url.startswith("/") else "/" + url)
     settings = _settings.active()
-    redacted = _http.url_full(full, settings)
+    routes = instance.__dict__.get(_ROUTES)
+    if routes is None or routes[0] is not settings:  # first call, or new settings (re-init, tests)
+        routes = instance.__dict__[_ROUTES] = (settings, {})
+    found = routes[1].get((method, url))
+    if found is None:
+        found = _route(instance, method, url, settings)
+        if len(routes[1]) >= 256:
+            routes[1].clear()
+        routes[1][(method, url)] = found
+    ep, op, redacted = found
     if redacted is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)
     if len(args) > 3:  # headers passed positionally: move them to kwargs so we can hand over a copy
@@ -140,8 +166,9 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     kwargs["headers"] = headers
     if "timeout" not in kwargs:
         kwargs["timeout"] = instance.timeout  # what urlopen uses by default; lets a deadline start from it
-    name = _http.method_of(method)
-    op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
+    if op is None:
+        name = _http.method_of(method)
+        op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
     attributes: dict[str, Any] = {"url.full": redacted}
     if settings.capture_request_headers:
         attributes.update(_http.header_attributes("request", settings.capture_request_headers,

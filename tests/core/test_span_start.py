@@ -164,7 +164,7 @@ def test_a_swapped_sampler_is_noticed() -> None:
     assert not _both(tracer)[0].is_recording()
 
 
-@pytest.mark.parametrize("case", ["sampled", "unsampled", "tracestate"])
+@pytest.mark.parametrize("case", ["sampled", "unsampled", "tracestate", "largest ids"])
 def test_direct_traceparent_is_byte_identical_to_the_propagator(case: str) -> None:
     from instrument._otel import _setup_propagators
     from instrument._settings import Settings
@@ -173,7 +173,8 @@ def test_direct_traceparent_is_byte_identical_to_the_propagator(case: str) -> No
     assert _call._w3c_textmap[0] is propagate.get_global_textmap()
     flags = TraceFlags(0 if case == "unsampled" else TraceFlags.SAMPLED)
     state = TraceState([("vendor", "abc"), ("k", "v")]) if case == "tracestate" else None
-    span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, flags, state))
+    ids = (2**128 - 1, 2**64 - 1) if case == "largest ids" else (0xABC, 0xDEF)  # every hex digit, and zero-padded
+    span = NonRecordingSpan(SpanContext(*ids, False, flags, state))
     direct: dict[str, str] = {}
     generic: dict[str, str] = {}
     _call._inject(direct, span)

@@ -133,8 +133,9 @@ def test_request_headers_captured(tel, server, client, settings_env):  # type: i
     assert "traceparent" not in headers  # the caller's mapping is not modified
 
 
-@pytest.mark.parametrize("given", [None, {"X-Request-Id": "q-1"}, {"TraceParent": "00-stale", "x-a": "1"}],
-                         ids=["pool default", "plain dict", "other spelling"])
+@pytest.mark.parametrize("given", [None, {"X-Request-Id": "q-1"}, {"TraceParent": "00-stale", "x-a": "1"},
+                                   {"traceparent": "00-stale"}],
+                         ids=["pool default", "plain dict", "other spelling", "same spelling"])
 def test_urllib3_sends_exactly_one_traceparent_and_leaves_the_callers_headers_alone(tel, server, patched,  # type: ignore[no-untyped-def]
                                                                                   given) -> None:
     patched("urllib3")
@@ -152,6 +153,19 @@ def test_excluded_urls(tel, server, client, settings_env):  # type: ignore[no-un
     assert client_spans(tel) == []
     client.get(server.url("/ok"), 5)
     assert len(client_spans(tel)) == 1
+
+
+def test_a_pool_follows_new_settings_for_a_url_it_has_seen(tel, server, patched, settings_env):  # type: ignore[no-untyped-def]
+    """urllib3 resolves a (method, url) once per pool and settings: new settings (re-init) are seen at once."""
+    patched("urllib3")
+    pool = urllib3.PoolManager()
+    url = server.url("/status/204?ticket=t0p")
+    pool.request("GET", url)
+    settings_env({"INSTRUMENT_REDACT_QUERY_KEYS": "ticket"})
+    pool.request("GET", url)
+    settings_env({"INSTRUMENT_EXCLUDED_URLS": "/status/"})
+    pool.request("GET", url)
+    assert [s.attributes["url.full"] for s in client_spans(tel)] == [url, server.url("/status/204?ticket=REDACTED")]
 
 
 def test_unpatch_restores_the_client(tel, server, client):  # type: ignore[no-untyped-def]
