@@ -155,17 +155,19 @@ def test_excluded_urls(tel, server, client, settings_env):  # type: ignore[no-un
     assert len(client_spans(tel)) == 1
 
 
-def test_a_pool_follows_new_settings_for_a_url_it_has_seen(tel, server, patched, settings_env):  # type: ignore[no-untyped-def]
-    """urllib3 resolves a (method, url) once per pool and settings: new settings (re-init) are seen at once."""
-    patched("urllib3")
-    pool = urllib3.PoolManager()
-    url = server.url("/status/204?ticket=t0p")
-    pool.request("GET", url)
+@pytest.mark.parametrize("lib", ["urllib3", "httpx"])
+def test_a_url_seen_before_follows_new_settings(tel, server, patched, settings_env, lib) -> None:  # type: ignore[no-untyped-def]
+    """A (method, url) is resolved once per settings (urllib3: per pool; httpx: per URL's components):
+    new settings (re-init) apply to it at once."""
+    patched(lib)
+    get = urllib3.PoolManager().request if lib == "urllib3" else httpx.Client().request
+    url = server.url("/ok?ticket=t0p")
+    get("GET", url)
     settings_env({"INSTRUMENT_REDACT_QUERY_KEYS": "ticket"})
-    pool.request("GET", url)
-    settings_env({"INSTRUMENT_EXCLUDED_URLS": "/status/"})
-    pool.request("GET", url)
-    assert [s.attributes["url.full"] for s in client_spans(tel)] == [url, server.url("/status/204?ticket=REDACTED")]
+    get("GET", url)
+    settings_env({"INSTRUMENT_EXCLUDED_URLS": "/ok"})
+    get("GET", url)
+    assert [s.attributes["url.full"] for s in client_spans(tel)] == [url, server.url("/ok?ticket=REDACTED")]
 
 
 def test_unpatch_restores_the_client(tel, server, client):  # type: ignore[no-untyped-def]
