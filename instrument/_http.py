@@ -183,6 +183,21 @@ def url_full(url: str, settings: Any = None) -> str | None:
     return found  # type: ignore[return-value]
 
 
+def route(ep: Any, method: str | bytes, url: str, settings: Any) -> tuple[Any, Any, str | None]:
+    """What a request's (method, URL) resolves to under ``settings``, for a client to cache per (method, URL):
+    the endpoint; the op, or None for a method that is idempotent only with an idempotency key (decided per
+    call by :func:`op_of`); and the redacted ``url.full``, or None when INSTRUMENT_EXCLUDED_URLS excludes it."""
+    name = method_of(method)
+    op = ep.op(name, idempotent=True) if name in IDEMPOTENT_METHODS else None
+    return ep, op, url_full(url, settings)
+
+
+def op_of(ep: Any, method: str | bytes, headers: Any) -> Any:
+    """The op of a request whose method is idempotent only with an idempotency key in ``headers``."""
+    name = method_of(method)
+    return ep.op(name, idempotent=is_idempotent(name, headers))
+
+
 _METHOD_NAMES: dict[Any, str] = {m: m for m in KNOWN_METHODS}
 _METHOD_NAMES.update({m.encode(): m for m in KNOWN_METHODS})
 

@@ -81,13 +81,6 @@ def _origin_endpoint(url: httpx.URL) -> Endpoint:
 _routes: tuple[Any, dict[Any, tuple[Endpoint, Any, str | None]]] = (None, {})
 
 
-def _route(method: Any, request_url: httpx.URL, settings: Any) -> tuple[Endpoint, Any, str | None]:
-    ep = _endpoint(request_url)
-    name = _http.method_of(method)
-    op = ep.op(name, idempotent=True) if name in _http.IDEMPOTENT_METHODS else None
-    return ep, op, _http.url_full(str(request_url), settings)
-
-
 def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Any, dict[str, Any], Any, Any] | None:
     global _routes
     request = args[0] if args else kwargs["request"]
@@ -100,7 +93,7 @@ def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, A
     key = (method, getattr(request_url, "_uri_reference", None) or str(request_url))
     found = routes[1].get(key)
     if found is None:
-        found = _route(method, request_url, settings)
+        found = _http.route(_endpoint(request_url), method, str(request_url), settings)
         if len(routes[1]) >= 2048:
             routes[1].clear()
         routes[1][key] = found
@@ -109,8 +102,7 @@ def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, A
         return None
     headers = request.headers
     if op is None:
-        name = _http.method_of(method)
-        op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
+        op = _http.op_of(ep, method, headers)
     attributes: dict[str, Any] = {"url.full": full}
     if settings.capture_request_headers:
         attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))

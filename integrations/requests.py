@@ -75,28 +75,36 @@ def _origin_of(url: str) -> str:
     return url if end < 0 else url[:end]
 
 
-_by_url: dict[str, Endpoint] = {}  # the same URLs come back call after call: one lookup for them
-
-
 def _endpoint(url: str) -> Endpoint:
-    return _by_url.get(url) or _http.remember(_by_url, url, _origin_endpoint, url)
-
-
-def _origin_endpoint(url: str) -> Endpoint:
     return _http.remember(_by_origin, _origin_of(url), _endpoint_for, url, limit=1024)
 
 
+# (method, url) -> (endpoint, op or None, url.full or None), for the settings in force (see _http.route)
+_routes: tuple[Any, dict[tuple[Any, str], tuple[Endpoint, Any, str | None]]] = (None, {})
+
+
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    global _routes
     request = args[0] if args else kwargs.get("request")
     url = request.url
+    method = request.method or "GET"
     settings = _settings.active()
-    full = _http.url_full(url, settings)
+    routes = _routes
+    if routes[0] is not settings:  # first call, or new settings (re-init, tests)
+        routes = _routes = (settings, {})
+    key = (method, url)
+    found = routes[1].get(key)
+    if found is None:
+        found = _http.route(_endpoint(url), method, url, settings)
+        if len(routes[1]) >= 2048:
+            routes[1].clear()
+        routes[1][key] = found
+    ep, op, full = found
     if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)
-    ep = _endpoint(url)
-    method = _http.method_of(request.method or "GET")
     headers = request.headers
-    op = ep.op(method, idempotent=_http.is_idempotent(method, headers))
+    if op is None:
+        op = _http.op_of(ep, method, headers)
     attributes: dict[str, Any] = {"url.full": full}
     if settings.capture_request_headers:
         attributes.update(_http.header_attributes("request", settings.capture_request_headers, headers))

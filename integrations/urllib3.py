@@ -129,13 +129,9 @@ _ROUTES = "_instrument_routes"  # on a pool: (settings, {(method, url): (endpoin
 
 
 def _route(pool: Any, method: Any, url: str, settings: Any) -> tuple[Endpoint, Any, str | None]:
-    """What a (method, url) on this pool resolves to: its endpoint, its op (None for a method that is
-    idempotent only with an idempotency key, decided per call) and its redacted url.full (None: excluded)."""
     ep, base = _endpoint(pool)
-    full = url if "://" in url[:12] else base + (url if url.startswith("/") else "/" + url)
-    name = _http.method_of(method)
-    op = ep.op(name, idempotent=True) if name in _http.IDEMPOTENT_METHODS else None
-    return ep, op, _http.url_full(full, settings)
+    return _http.route(ep, method, url if "://" in url[:12] else base + (url if url.startswith("/") else "/" + url),
+                       settings)
 
 
 def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -167,8 +163,7 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if "timeout" not in kwargs:
         kwargs["timeout"] = instance.timeout  # what urlopen uses by default; lets a deadline start from it
     if op is None:
-        name = _http.method_of(method)
-        op = ep.op(name, idempotent=_http.is_idempotent(name, headers))
+        op = _http.op_of(ep, method, headers)
     attributes: dict[str, Any] = {"url.full": redacted}
     if settings.capture_request_headers:
         attributes.update(_http.header_attributes("request", settings.capture_request_headers,

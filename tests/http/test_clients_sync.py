@@ -155,12 +155,15 @@ def test_excluded_urls(tel, server, client, settings_env):  # type: ignore[no-un
     assert len(client_spans(tel)) == 1
 
 
-@pytest.mark.parametrize("lib", ["urllib3", "httpx"])
+@pytest.mark.parametrize("lib", ["urllib3", "httpx", "requests"])
 def test_a_url_seen_before_follows_new_settings(tel, server, patched, settings_env, lib) -> None:  # type: ignore[no-untyped-def]
     """A (method, url) is resolved once per settings (urllib3: per pool; httpx: per URL's components):
     new settings (re-init) apply to it at once."""
+    import requests
+
     patched(lib)
-    get = urllib3.PoolManager().request if lib == "urllib3" else httpx.Client().request
+    get = {"urllib3": urllib3.PoolManager().request, "httpx": httpx.Client().request,
+           "requests": requests.Session().request}[lib]
     url = server.url("/ok?ticket=t0p")
     get("GET", url)
     settings_env({"INSTRUMENT_REDACT_QUERY_KEYS": "ticket"})
@@ -168,6 +171,30 @@ def test_a_url_seen_before_follows_new_settings(tel, server, patched, settings_e
     settings_env({"INSTRUMENT_EXCLUDED_URLS": "/ok"})
     get("GET", url)
     assert [s.attributes["url.full"] for s in client_spans(tel)] == [url, server.url("/ok?ticket=REDACTED")]
+
+
+@pytest.mark.parametrize("lib", ["urllib3", "httpx", "requests"])
+def test_a_post_is_retried_only_with_an_idempotency_key(tel, server, patched, lib) -> None:  # type: ignore[no-untyped-def]
+    """POST is not idempotent: a Retry policy leaves it alone, unless the request carries an idempotency key
+    (decided per request, though the (method, url) is resolved once)."""
+    import requests
+
+    from instrument import policies
+
+    patched(lib)
+    post = {"urllib3": urllib3.PoolManager(retries=False).request, "httpx": httpx.Client().request,
+            "requests": requests.Session().request}[lib]
+    url = server.url("/status/503")
+    policies.configure(f"http://127.0.0.1:{server.port}=retry(3,base=1ms,cap=2ms)")
+    try:
+        post("POST", url, headers={"X-Request-Id": "a"})
+        plain = len(server.seen)
+        post("POST", url, headers={"Idempotency-Key": "k-1"})
+        keyed = len(server.seen) - plain
+        post("POST", url, headers={"X-Request-Id": "b"})
+    finally:
+        policies.configure("")
+    assert (plain, keyed, len(server.seen) - plain - keyed) == (1, 3, 1)
 
 
 def test_unpatch_restores_the_client(tel, server, client):  # type: ignore[no-untyped-def]
