@@ -144,3 +144,32 @@ async def test_async_policy_timeout_cancels_server_side(tel, patched, settings_e
         await asyncio.sleep(0.1)
         assert _running_sleeps(app) == 0
         assert await (await conn.execute("SELECT 1")).fetchone() == (1,)
+
+
+def test_connection_execute_runs_the_cursor_it_would_have_run(pg, tel) -> None:  # type: ignore[no-untyped-def]
+    """``conn.execute`` starts the span and runs psycopg's own Cursor.execute without passing through our
+    wrapper of it again; a connection's cursor class with an execute of its own, binary results, parameters,
+    ``prepare=`` and composed SQL still behave as psycopg's own ``Connection.execute``, with one span each."""
+    from psycopg import sql
+
+    from instrument.integrations import psycopg as integration
+
+    assert integration._cursor_execute, "psycopg's Connection.execute changed: the direct path is off"  # noqa: SLF001
+    seen: list[str] = []
+
+    class Counting(psycopg.Cursor):  # type: ignore[misc,type-arg]
+        def execute(self, query, params=None, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(query)
+            return super().execute(query, params, **kwargs)
+
+    assert pg.execute("SELECT %s::int", (7,), prepare=True).fetchone() == (7,)
+    assert pg.execute(b"SELECT 2", binary=True).pgresult.fformat(0) == 1  # a binary column
+    assert pg.execute(sql.SQL("SELECT {}").format(sql.Literal(3))).fetchone() == (3,)
+    pg.cursor_factory = Counting
+    try:
+        assert pg.execute("SELECT 4").fetchone() == (4,)
+    finally:
+        pg.cursor_factory = psycopg.Cursor
+    assert seen == ["SELECT 4"]  # the application's cursor class is still the one that runs it
+    spans = [s for s in tel.spans() if s.attributes.get("db.system.name") == "postgresql"]
+    assert [s.attributes["db.query.text"] for s in spans] == ["SELECT %s::int", "SELECT ?", "SELECT ?", "SELECT ?"]
