@@ -152,8 +152,8 @@ class _Plan:
         maximum = self.limits.max_span_attributes
         self.room = 2**31 if maximum is None else maximum  # attributes a span may hold
         self.root_random = self.id_generator.is_trace_id_random()
-        self.flags = {(s, r): TraceFlags(TraceFlags.SAMPLED * s | (_RANDOM if r else 0))
-                      for s in (0, 1) for r in (False, True)}
+        # [sampled][random]: indexed by the two bools (a bool is a list index), no key built per span
+        self.flags = [[TraceFlags(TraceFlags.SAMPLED * s | (_RANDOM if r else 0)) for r in (0, 1)] for s in (0, 1)]
         self.shared = {
             "_instrumentation_info": real.instrumentation_info,
             "_instrumentation_scope": real._instrumentation_scope,  # noqa: SLF001
@@ -260,7 +260,7 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         result = plan.sampler.should_sample(parent, trace_id, name, kind, merged, links)
         sampled = result.decision.is_sampled()
         trace_state = result.trace_state
-    flags = plan.flags[(int(sampled), bool(random_flag))]
+    flags = plan.flags[sampled][random_flag != 0]
     if plan.random_ids:
         span_id = _bits(64)
         while not span_id:
