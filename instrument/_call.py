@@ -50,7 +50,10 @@ OWN_SPANS = (_CallSpan, _NonRecordingSpan)  # spans whose context is their ``_co
 _set_span_in_context = trace.set_span_in_context
 _start_span = _span.start
 _w3c_textmap: list[Any] = [None]
-_HEX2 = [f"{i:02x}" for i in range(256)]  # trace flags as traceparent writes them  # set by _otel._setup_propagators to the composite it installed, if plain W3C
+_HEX2 = [f"{i:02x}" for i in range(256)]  # trace flags as traceparent writes them
+_FLAGS_OF = [TraceFlags(i) for i in range(256)]  # and as a SpanContext holds them
+_new = object.__new__
+_tuple_new = tuple.__new__  # set by _otel._setup_propagators to the composite it installed, if plain W3C
 
 
 def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
@@ -100,7 +103,11 @@ def extract(carrier: Any, getter: Any) -> Any:
         return Context()
     if getter.get(carrier, "tracestate") is not None:  # its length limit and parsing, as the SDK does them
         return textmap.extract(carrier, getter=getter)
-    span = _NonRecordingSpan(SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(int(flags, 16))))
+    # SpanContext(...) without its range checks (32 and 16 hex digits, neither all zero: valid), and the span
+    # without NonRecordingSpan.__init__ (which only stores it)
+    span = _new(_NonRecordingSpan)
+    span._context = _tuple_new(SpanContext, (int(trace_id, 16), int(span_id, 16), True, _FLAGS_OF[int(flags, 16)],  # noqa: SLF001
+                                             _NO_STATE, True))
     return Context({_SPAN_KEY: span})
 
 
