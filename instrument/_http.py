@@ -192,6 +192,31 @@ def route(ep: Any, method: str | bytes, url: str, settings: Any) -> tuple[Any, A
     return ep, op, url_full(url, settings)
 
 
+class Routes:
+    """A client's cache of :func:`route` results, keyed by (method, URL key), for the settings in force:
+    emptied when the settings change (re-init, tests) or when it reaches ``limit``."""
+
+    __slots__ = ("limit", "settings", "table")
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.limit = limit
+        self.settings: Any = None
+        self.table: dict[Any, tuple[Any, Any, str | None]] = {}
+
+    def get(self, key: Any, settings: Any) -> tuple[Any, Any, str | None] | None:
+        if settings is not self.settings:
+            self.settings, self.table = settings, {}
+            return None
+        return self.table.get(key)
+
+    def add(self, key: Any, found: tuple[Any, Any, str | None]) -> tuple[Any, Any, str | None]:
+        table = self.table
+        if len(table) >= self.limit:
+            table.clear()
+        table[key] = found
+        return found
+
+
 def op_of(ep: Any, method: str | bytes, headers: Any) -> Any:
     """The op of a request whose method is idempotent only with an idempotency key in ``headers``."""
     name = method_of(method)

@@ -78,25 +78,18 @@ def _origin_endpoint(url: httpx.URL) -> Endpoint:
 # (method, URL) -> (endpoint, op or None, url.full or None), for the settings in force. A URL is keyed by
 # its parsed components (httpx keeps them as a hashable tuple), not by str(url), which httpx rebuilds from
 # them on every call (1.6 µs here).
-_routes: tuple[Any, dict[Any, tuple[Endpoint, Any, str | None]]] = (None, {})
+_routes = _http.Routes()
 
 
 def _prepare(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Endpoint, Any, dict[str, Any], Any, Any] | None:
-    global _routes
     request = args[0] if args else kwargs["request"]
     request_url = request.url
     method = request.method
     settings = _settings.active()
-    routes = _routes
-    if routes[0] is not settings:  # first call, or new settings (re-init, tests)
-        routes = _routes = (settings, {})
     key = (method, getattr(request_url, "_uri_reference", None) or str(request_url))
-    found = routes[1].get(key)
+    found = _routes.get(key, settings)
     if found is None:
-        found = _http.route(_endpoint(request_url), method, str(request_url), settings)
-        if len(routes[1]) >= 2048:
-            routes[1].clear()
-        routes[1][key] = found
+        found = _routes.add(key, _http.route(_endpoint(request_url), method, str(request_url), settings))
     ep, op, full = found
     if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return None

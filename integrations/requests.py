@@ -80,25 +80,18 @@ def _endpoint(url: str) -> Endpoint:
 
 
 # (method, url) -> (endpoint, op or None, url.full or None), for the settings in force (see _http.route)
-_routes: tuple[Any, dict[tuple[Any, str], tuple[Endpoint, Any, str | None]]] = (None, {})
+_routes = _http.Routes()
 
 
 def _send(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    global _routes
     request = args[0] if args else kwargs.get("request")
     url = request.url
     method = request.method or "GET"
     settings = _settings.active()
-    routes = _routes
-    if routes[0] is not settings:  # first call, or new settings (re-init, tests)
-        routes = _routes = (settings, {})
     key = (method, url)
-    found = routes[1].get(key)
+    found = _routes.get(key, settings)
     if found is None:
-        found = _http.route(_endpoint(url), method, url, settings)
-        if len(routes[1]) >= 2048:
-            routes[1].clear()
-        routes[1][key] = found
+        found = _routes.add(key, _http.route(_endpoint(url), method, url, settings))
     ep, op, full = found
     if full is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)

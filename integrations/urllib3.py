@@ -125,7 +125,7 @@ def _copy(headers: Any) -> Any:
     return urllib3.HTTPHeaderDict(headers)
 
 
-_ROUTES = "_instrument_routes"  # on a pool: (settings, {(method, url): (endpoint, op or None, url.full)})
+_ROUTES = "_instrument_routes"  # on a pool: its _http.Routes
 
 
 def _route(pool: Any, method: Any, url: str, settings: Any) -> tuple[Endpoint, Any, str | None]:
@@ -140,15 +140,10 @@ def _urlopen(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     method = args[0] if args else kwargs.get("method", "GET")
     url = args[1] if len(args) > 1 else kwargs.get("url", "/")
     settings = _settings.active()
-    routes = instance.__dict__.get(_ROUTES)
-    if routes is None or routes[0] is not settings:  # first call, or new settings (re-init, tests)
-        routes = instance.__dict__[_ROUTES] = (settings, {})
-    found = routes[1].get((method, url))
+    routes = instance.__dict__.get(_ROUTES) or instance.__dict__.setdefault(_ROUTES, _http.Routes(256))
+    found = routes.get((method, url), settings)
     if found is None:
-        found = _route(instance, method, url, settings)
-        if len(routes[1]) >= 256:
-            routes[1].clear()
-        routes[1][(method, url)] = found
+        found = routes.add((method, url), _route(instance, method, url, settings))
     ep, op, redacted = found
     if redacted is None:  # INSTRUMENT_EXCLUDED_URLS
         return wrapped(*args, **kwargs)
