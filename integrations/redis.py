@@ -20,10 +20,12 @@
 
 Hook for other modules (redis Streams messaging spans live in ``integrations/redis_streams.py``):
 ``COMMAND_DESCRIBERS`` maps an upper-case command name (``"XADD"``) to
-``describer(client, args) -> (endpoint, op, attributes) | None``. When a describer returns a triple, the
-command runs as ``endpoint.call(op, ..., attributes=attributes)`` (e.g. a messaging ``send`` span) instead
-of the default db span; None falls back to the default. Describers must be cheap and must not raise
-(an exception is reported and the default span is used).
+``describer(client, args) -> Command | None``. A :class:`Command` (or a plain ``(endpoint, op, attributes)``
+triple) makes the command run as ``endpoint.call(op, ..., attributes=attributes)`` (e.g. a messaging
+``publish`` span) instead of the default db span; its ``carry(args, carrier)`` adds the injected trace
+context to the command's arguments (a stream entry's fields) and ``on_result(span, result)`` notes the
+reply. None falls back to the default. Describers must be cheap and must not raise (an exception is
+reported and the default span is used).
 
 Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=redis.
 """
@@ -34,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis import exceptions as rex
@@ -45,9 +47,21 @@ from instrument._pool_metrics import PoolMetrics, Snapshot, pool_name
 from instrument._safety import report
 from instrument.patching import Target, apply, revert
 
-__all__ = ["COMMAND_DESCRIBERS", "ERRORS", "endpoint_for", "patch", "unpatch"]
+__all__ = ["COMMAND_DESCRIBERS", "ERRORS", "Command", "endpoint_for", "patch", "unpatch"]
 
-Describer = Callable[[Any, tuple[Any, ...]], "tuple[Endpoint, Op, Mapping[str, Any] | None] | None"]
+
+class Command(NamedTuple):
+    """What one command runs as: its endpoint and op, per-call span attributes, and for a command that
+    carries the trace context in its own arguments, how they get it and what the reply adds to the span."""
+
+    endpoint: Endpoint
+    op: Op
+    attributes: Mapping[str, Any] | None = None
+    carry: Callable[[tuple[Any, ...], dict[str, str]], tuple[Any, ...]] | None = None
+    on_result: Callable[[Any, Any], None] | None = None
+
+
+Describer = Callable[[Any, tuple[Any, ...]], "Command | tuple[Endpoint, Op, Mapping[str, Any] | None] | None"]
 COMMAND_DESCRIBERS: dict[str, Describer] = {}
 
 COMMANDS = (
@@ -140,12 +154,12 @@ def _command_name(args: tuple[Any, ...]) -> str:
 
 
 _names: dict[Any, str] = {}  # args[0] (str or bytes) -> its command name
-_OPS = "_instrument_ops"  # on a pool: args[0] -> (endpoint, op, None), for commands without a describer
+_OPS = "_instrument_ops"  # on a pool: args[0] -> its Command, for commands without a describer
 _NONE: dict[str, Any] = {}
 _deadline = _context.deadline_var
 
 
-def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mapping[str, Any] | None]:
+def _resolve(instance: Any, args: tuple[Any, ...]) -> Command:
     first = args[0] if args else None
     pool = getattr(instance, "connection_pool", None)
     ops = getattr(pool, "__dict__", _NONE).get(_OPS)
@@ -168,9 +182,9 @@ def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mappin
             report("redis command describer", exc)
             found = None
         if found is not None:
-            return found
+            return found if found.__class__ is Command else Command(*found)
     ep = endpoint_for(instance)
-    found = (ep, ep.op(name), None)
+    found = Command(ep, ep.op(name))
     if pool is not None and (first.__class__ is str or first.__class__ is bytes):
         if ops is None:
             ops = pool.__dict__.setdefault(_OPS, {})
@@ -182,13 +196,32 @@ def _resolve(instance: Any, args: tuple[Any, ...]) -> tuple[Endpoint, Op, Mappin
 def _execute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if _suppressed.get():  # inside another span (a stream's XADD): only the deadline applies
         return _bounded(wrapped, instance, args, kwargs)
-    ep, op, attributes = _resolve(instance, args)
-    return ep.call(op, _bounded, (wrapped, instance, args, kwargs), {}, attributes=attributes)
+    ep, op, attributes, carry, on_result = _resolve(instance, args)
+    if carry is None:
+        return ep.call(op, _bounded, (wrapped, instance, args, kwargs), {}, attributes=attributes)
+    carrier: dict[str, str] = {}
+    return ep.call(op, _carried, (wrapped, instance, args, kwargs, carry, carrier), {}, attributes=attributes,
+                   carrier=carrier, on_result=on_result)
+
+
+def _carried(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], carry: Any,
+             carrier: dict[str, str]) -> Any:
+    # The pipeline has injected into `carrier` by now (the same context on a retry)
+    return _bounded(wrapped, instance, carry(args, carrier), kwargs)
 
 
 async def _aexecute_command(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    ep, op, attributes = _resolve(instance, args)
-    return await ep.acall(op, wrapped, args, kwargs, attributes=attributes)
+    ep, op, attributes, carry, on_result = _resolve(instance, args)
+    if carry is None:
+        return await ep.acall(op, wrapped, args, kwargs, attributes=attributes)
+    carrier: dict[str, str] = {}
+    return await ep.acall(op, _acarried, (wrapped, args, kwargs, carry, carrier), {}, attributes=attributes,
+                          carrier=carrier, on_result=on_result)
+
+
+async def _acarried(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], carry: Any,
+                    carrier: dict[str, str]) -> Any:
+    return await wrapped(*carry(args, carrier), **kwargs)
 
 
 def _pipeline_op(instance: Any) -> tuple[Endpoint, Op, dict[str, Any]]:

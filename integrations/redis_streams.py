@@ -11,10 +11,13 @@ field (and ``tracestate`` when set) next to the application's fields; readers se
 - :func:`process`: a decorator for a handler ``(stream, entry_id, fields)`` that runs it as the
   CONSUMER span ``process <stream>``, child of the entry's producer.
 
-These are wrapped at the command methods (``StreamCommands``), for ``redis.Redis`` and
-``redis.asyncio.Redis``; pipelines pass through. The span replaces the generic Redis command span
-for these commands. Patched when ``redis`` is imported (registry entry ``redis_streams``); switch off
-with INSTRUMENT_DISABLED_INTEGRATIONS=redis_streams. Message bodies (field values) are never recorded.
+``XADD`` is described to the redis integration's command hook (``COMMAND_DESCRIBERS``), so a publish goes
+through one wrapper, ``execute_command``, which also catches ``execute_command("XADD", ...)`` itself; the
+reads and ``XACK`` are wrapped at the command methods (``StreamCommands``). Both for ``redis.Redis`` and
+``redis.asyncio.Redis``; pipelines and cluster clients pass through. The span replaces the generic Redis
+command span for these commands. Patched when ``redis`` is imported (registry entry ``redis_streams``);
+switch off with INSTRUMENT_DISABLED_INTEGRATIONS=redis_streams (publishes are then plain ``XADD`` command
+spans; with ``redis`` switched off they have none). Message bodies (field values) are never recorded.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from redis import exceptions as rex
 
 from instrument import _context, _messaging
 from instrument._call import ClientErrors, Endpoint
+from instrument.integrations.redis import COMMAND_DESCRIBERS, Command
 from instrument.patching import Target, apply, revert
 
 _M = "redis.commands.core"
-PUBLISH = (Target(_M, "StreamCommands.xadd"),)
 READ = (Target(_M, "StreamCommands.xreadgroup"), Target(_M, "StreamCommands.xread"))
 SETTLE = (Target(_M, "StreamCommands.xack"),)
-TARGETS = PUBLISH + READ + SETTLE
+TARGETS = READ + SETTLE  # and XADD in COMMAND_DESCRIBERS
 
 ERRORS = ClientErrors(
     catch=(rex.ConnectionError,),
@@ -101,35 +104,32 @@ def _run(ep: Endpoint, kind: int, op: Any, fn: Callable[..., Any], args: tuple[A
 # -- XADD ---------------------------------------------------------------------------------------------
 
 
-def _xadd(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    kind = _kind(instance)
-    if kind == _PASS:
-        return wrapped(*args, **kwargs)
-    name = args[0] if args else kwargs.get("name")
-    fields = args[1] if len(args) > 1 else kwargs.get("fields")
-    if name is None or not isinstance(fields, dict):
-        return wrapped(*args, **kwargs)
-    ep = _endpoint(instance)
-    op = _messaging.publish_op(ep, _text(name))
-    carrier: dict[str, str] = {}
-    if "name" in kwargs or "fields" in kwargs:
-        kwargs = {k: v for k, v in kwargs.items() if k not in ("name", "fields")}
-    if kind == _ASYNC:
-        return ep.acall(op, _send_async, (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier,
-                        on_result=_entry_id)  # the caller awaits it
-    return ep.call(op, _send, (wrapped, name, fields, carrier, args[2:]), kwargs, carrier=carrier,
-                   on_result=_entry_id)
+_PUBLISHES = "_instrument_stream_publishes"  # on a connection pool: stream name -> its XADD Command
 
 
-def _send(wrapped: Any, name: Any, fields: dict[Any, Any], carrier: dict[str, str], rest: tuple[Any, ...],
-          **kwargs: Any) -> Any:
-    # The pipeline has injected into `carrier` by now: the entry carries it next to the application's fields.
-    return wrapped(name, {**fields, **carrier}, *rest, **kwargs)
+def _describe_xadd(client: Any, args: tuple[Any, ...]) -> Command | None:
+    """``XADD key [options] id field value ...`` as ``publish <key>``; shorter is redis' own error to raise."""
+    if len(args) < 5:
+        return None
+    stream = args[1]
+    known = getattr(getattr(client, "connection_pool", None), "__dict__", _NONE).get(_PUBLISHES)
+    found = known.get(stream) if known is not None and stream.__class__ in (str, bytes) else None
+    if found is None:
+        ep = _endpoint(client)
+        found = Command(ep, _messaging.publish_op(ep, _text(stream)), None, _carry, _entry_id)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None and stream.__class__ in (str, bytes):
+            known = pool.__dict__.setdefault(_PUBLISHES, {})
+            if len(known) < 256:  # stream names come from code; bounded all the same
+                known[stream] = found
+    return found
 
 
-async def _send_async(wrapped: Any, name: Any, fields: dict[Any, Any], carrier: dict[str, str],
-                      rest: tuple[Any, ...], **kwargs: Any) -> Any:
-    return await wrapped(name, {**fields, **carrier}, *rest, **kwargs)
+def _carry(args: tuple[Any, ...], carrier: dict[str, str]) -> tuple[Any, ...]:
+    """The entry's fields come last, so the context's fields are appended after the application's."""
+    for field in carrier.items():
+        args += field
+    return args
 
 
 def _entry_id(span: Any, result: Any) -> None:
@@ -259,10 +259,12 @@ def process(client: Any, *, group: str | None = None) -> Callable[[Callable[...,
 
 
 def patch() -> None:
-    apply(PUBLISH, _xadd)
+    COMMAND_DESCRIBERS["XADD"] = _describe_xadd
     apply(READ, _read)
     apply(SETTLE, _xack)
 
 
 def unpatch() -> None:
+    if COMMAND_DESCRIBERS.get("XADD") is _describe_xadd:
+        del COMMAND_DESCRIBERS["XADD"]
     revert(TARGETS)

@@ -1,7 +1,7 @@
 """Redis Streams on the machine's Redis: XADD carries the trace in a field, XREADGROUP's receive span
 links every producer, the process decorator continues the trace, XACK settles; sync and asyncio.
 
-The registry entry ``redis_streams`` is the lead's to add, so these tests patch the module directly."""
+Both registry entries are patched: XADD is described to the redis integration's command hook."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ redis = pytest.importorskip("redis")
 
 
 @pytest.fixture
-def streams():  # type: ignore[no-untyped-def]
+def streams(patched):  # type: ignore[no-untyped-def]
     from instrument.integrations import redis_streams
 
-    redis_streams.patch()
-    yield redis_streams
-    redis_streams.unpatch()
+    patched("redis")
+    patched("redis_streams")
+    return redis_streams
 
 
 def test_stream_entry_carries_the_trace(tel, streams, name) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +86,34 @@ async def test_asyncio_client(tel, streams, name) -> None:  # type: ignore[no-un
     receive = tel.span(f"receive {name}")
     assert receive.attributes["messaging.batch.message_count"] == 2
     assert {link.context.trace_id for link in receive.links} == {server.get_span_context().trace_id}
+
+
+def test_a_publish_is_one_span_whose_context_the_entry_carries(tel, streams, name) -> None:  # type: ignore[no-untyped-def]
+    """xadd() and execute_command("XADD", ...) alike: one publish span (no XADD command span under it), and
+    the entry's last fields are that span's traceparent and the trace's tracestate, after the application's."""
+    need("redis")
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    client = redis.Redis("127.0.0.1", 6379)
+    parent = NonRecordingSpan(SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(1),
+                                          trace_state=TraceState([("vendor", "v1")])))
+    try:
+        with trace.use_span(parent):
+            first = client.xadd(name, {"order": "1"}, maxlen=100, approximate=True)
+            second = client.execute_command("XADD", name, "*", "order", "2")
+            client.xadd(f"{name}-other", {"order": "3"})  # each stream its own destination
+        entries = client.xrange(name)
+    finally:
+        client.delete(name, f"{name}-other")
+    assert tel.span(f"publish {name}-other").attributes["messaging.destination.name"] == f"{name}-other"
+    spans = tel.spans(f"publish {name}")
+    assert len(spans) == 2 and not tel.spans("XADD 0")
+    for span, entry_id, (got_id, fields) in zip(spans, (first, second), entries, strict=True):
+        assert got_id == entry_id and span.attributes["messaging.message.id"] == entry_id.decode()
+        assert span.context.trace_id == 0x1234 and span.parent.span_id == 0x5678
+        assert list(fields)[-2:] == [b"traceparent", b"tracestate"]
+        assert fields[b"traceparent"].decode() == \
+            f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+        assert fields[b"tracestate"] == b"vendor=v1"
+    assert [f[b"order"] for _, f in entries] == [b"1", b"2"]
