@@ -201,3 +201,49 @@ def test_no_orphans(receiver: OtlpReceiver, signum: str) -> None:
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_worker_leaves_within_its_grace(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM reaches the fulfillment worker while its order waits on services that do not answer (a listening
+    socket that never accepts): it stops within STOP_GRACE, not after its requests' timeouts."""
+    import signal
+    import socket
+    import time
+
+    from instrument.demo.services._queue import EXCHANGE, ORDERS, connect
+    from instrument.demo.services.fulfillment import STOP_GRACE
+
+    broker = f"filesystem://{tmp_path}"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with connect(broker) as conn:
+            conn.Producer(serializer="json").publish({"order_id": "o-1", "sku": "mug", "qty": 1}, exchange=EXCHANGE,
+                                                     routing_key="order.placed", declare=[ORDERS])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+        worker = subprocess.Popen([sys.executable, "-m", "instrument.demo.services.fulfillment", "--broker", broker,
+                                   "--inventory", url, "--billing", url, "--orders", url], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            silent.settimeout(30)
+            deadline = time.monotonic() + 30  # the worker's reserve request is queued on the silent socket
+            while time.monotonic() < deadline and not _queued(silent):
+                time.sleep(0.05)
+            assert worker.poll() is None and _queued(silent)
+            stopped = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(STOP_GRACE + 10)
+            took = time.monotonic() - stopped
+        finally:
+            worker.kill()
+    assert code == 128 + signal.SIGTERM and took < STOP_GRACE + 2, (code, took)
+
+
+def _queued(listener) -> bool:  # type: ignore[no-untyped-def]
+    """A connection waits in the listener's backlog (ss: Recv-Q of a listening socket)."""
+    port = listener.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(int(r[1].split(":")[1], 16) == port and r[3] == "0A" and int(r[4].split(":")[1], 16) > 0 for r in rows)

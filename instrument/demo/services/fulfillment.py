@@ -8,6 +8,7 @@ rejects the call, the order becomes "payment pending" and is charged again later
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import sys
 import threading
@@ -19,6 +20,8 @@ import requests
 
 from instrument.demo.services._queue import ORDERS, connect
 from instrument.demo.services._serve import arguments
+
+STOP_GRACE = 5.0  # seconds from SIGTERM to exit, at most
 
 PRICES = {"book": 1800, "mug": 1200, "shirt": 2500, "poster": 900, "sticker": 300}
 
@@ -107,7 +110,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = arguments("storefront fulfillment worker", argv, broker="filesystem:///dir, amqp://... or redis://...",
                      inventory="inventory base URL", billing="billing base URL", orders="orders base URL")
     worker = Fulfillment(args.inventory, args.billing, args.orders)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+
+    def stop(*_: Any) -> None:
+        worker.stopping.set()
+        # The order in flight may be waiting on services that are stopping too (up to its request timeouts):
+        # finish it if it can, but leave within the grace period (a demo killed outright leaves no worker)
+        timer = threading.Timer(STOP_GRACE, os._exit, (128 + signal.SIGTERM,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         worker.run(args.broker)
     except KeyboardInterrupt:
