@@ -44,13 +44,13 @@ _FOLD_AT = 128  # measurements a Bound holds before the recording thread folds t
 class Bound:
     """One attribute set of one histogram: the running aggregate.
 
-    A measurement is appended to ``pending`` (one C-level append: atomic, no lock; a sampled one is also
-    appended to ``candidates``, as an exemplar candidate) and folded into the aggregate in batches, by the
-    thread whose record fills the batch or by the reader that snapshots it: per call, that is a fraction
-    of taking a lock and updating five fields.
+    A measurement is appended to ``pending`` (one C-level append: atomic, no lock) and folded into the
+    aggregate in batches, by the thread whose record fills the batch or by the reader that snapshots it:
+    per call, that is a fraction of taking a lock and updating five fields. A sampled one also becomes its
+    bucket's exemplar at once (one list slot written: atomic too).
     """
 
-    __slots__ = ("_lock", "attributes", "bounds", "candidates", "count", "counts", "exemplars", "max", "min",
+    __slots__ = ("_lock", "attributes", "bounds", "count", "counts", "exemplars", "max", "min",
                  "pending", "sum", "windows")
 
     def __init__(self, bounds: tuple[float, ...], attributes: Mapping[str, Any]) -> None:
@@ -65,7 +65,6 @@ class Bound:
         # [reader, min, max] per delta reader: the min and max since that reader's last collection
         self.windows: list[list[Any]] = []
         self.pending: list[float] = []  # values recorded since the last fold
-        self.candidates: list[tuple[float, int, Any]] = []  # (value, time_ns, span context): exemplar candidates
         self._lock = threading.Lock()
 
     def record(self, value: float, span_context: Any = None) -> None:
@@ -74,9 +73,12 @@ class Bound:
         pending = self.pending
         pending.append(value)
         rule = _exemplars[0]
-        # span_context read as the tuple it is: [3] trace flags, bit 0 sampled (see instrument._span)
+        # span_context read as the tuple it is: [3] trace flags, bit 0 sampled, [5] is_valid, [1] span id,
+        # [0] trace id (see instrument._span). The last one in each bucket stays, as the SDK's reservoir keeps it.
         if rule and (rule == _ALWAYS_ON or (span_context is not None and span_context[3] & 1)):
-            self.candidates.append((value, time_ns(), span_context))
+            self.exemplars[bisect_left(self.bounds, value)] = (
+                (value, time_ns(), span_context[1], span_context[0]) if span_context is not None and span_context[5]
+                else (value, time_ns(), None, None))
         if len(pending) >= _FOLD_AT:
             self.fold()
 
@@ -115,17 +117,6 @@ class Bound:
                         window[1] = low
                     if high > window[2]:
                         window[2] = high
-            candidates = self.candidates
-            m = len(candidates)
-            if m:
-                chosen = candidates[:m]
-                del candidates[:m]
-                bounds, exemplars = self.bounds, self.exemplars
-                for value, at, context in chosen:  # the last one in each bucket stays, as the SDK's reservoir keeps it
-                    # [5] is_valid, [1] span id, [0] trace id
-                    exemplars[bisect_left(bounds, value)] = ((value, at, context[1], context[0])
-                                                             if context is not None and context[5]
-                                                             else (value, at, None, None))
 
     def snapshot(self, reader: object = None) -> tuple[int, float, float, float, list[int], list[Any]]:
         """The running totals; for a delta ``reader``, min and max since its previous snapshot (the first
@@ -154,7 +145,6 @@ class Bound:
         self.min, self.max = float("inf"), float("-inf")
         self.windows = []
         self.pending = []  # the parent's, recorded before the fork
-        self.candidates = []
 
 
 class _Fast:

@@ -271,3 +271,25 @@ def test_a_folded_batch_counts_each_value_in_the_bucket_the_sdk_puts_it_in(value
     assert counts == expected and count == len(values)
     assert got_total == total  # the same additions in the same order: equal, not approximately
     assert (low, high) == ((min(values), max(values)) if values else (float("inf"), float("-inf")))
+
+
+def test_each_bucket_keeps_its_last_sampled_measurement_as_its_exemplar(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """trace_based: a sampled measurement replaces its own bucket's exemplar only; an unsampled one never does.
+    always_on: every measurement is a candidate, without a span when it has none."""
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    def ctx(span_id: int, sampled: bool = True) -> SpanContext:
+        return SpanContext(0xAB, span_id, False, TraceFlags(1 if sampled else 0))
+
+    bound = _aggregates.Bound((1.0, 10.0), {})
+    bound.record(0.5, ctx(1))
+    bound.record(5.0, ctx(2))
+    bound.record(0.7, ctx(3))  # replaces 0.5: the same bucket
+    bound.record(0.9, ctx(4, sampled=False))  # not sampled: kept out
+    bound.record(1.0, None)  # no span
+    *_, exemplars = bound.snapshot()
+    assert [None if e is None else (e[0], e[2], e[3]) for e in exemplars] == [(0.7, 3, 0xAB), (5.0, 2, 0xAB), None]
+    monkeypatch.setattr(_aggregates, "_exemplars", [_aggregates._ALWAYS_ON])
+    bound.record(50.0, None)
+    *_, exemplars = bound.snapshot()
+    assert exemplars[2][0] == 50.0 and exemplars[2][2:] == (None, None)
