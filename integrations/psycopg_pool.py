@@ -17,12 +17,12 @@ import psycopg_pool
 from instrument._pool_metrics import PoolMetrics, Snapshot
 from instrument.patching import Target, apply, revert
 
-TARGETS = (
-    Target("psycopg_pool", "ConnectionPool.getconn"),
-    Target("psycopg_pool", "ConnectionPool.putconn"),
+TARGETS = (  # a checkout and its return: each pool gets its own wrappers (patching's per_instance)
+    Target("psycopg_pool", "ConnectionPool.getconn", per_instance=True),
+    Target("psycopg_pool", "ConnectionPool.putconn", per_instance=True),
     Target("psycopg_pool", "ConnectionPool._connect"),
-    Target("psycopg_pool", "AsyncConnectionPool.getconn", is_async=True),
-    Target("psycopg_pool", "AsyncConnectionPool.putconn", is_async=True),
+    Target("psycopg_pool", "AsyncConnectionPool.getconn", is_async=True, per_instance=True),
+    Target("psycopg_pool", "AsyncConnectionPool.putconn", is_async=True, per_instance=True),
     Target("psycopg_pool", "AsyncConnectionPool._connect", is_async=True),
 )
 

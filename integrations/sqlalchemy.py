@@ -30,7 +30,7 @@ from instrument.patching import Target, apply, revert
 
 TARGETS = (
     Target("sqlalchemy.engine.base", "Engine.__init__"),
-    Target("sqlalchemy.pool.base", "Pool.connect"),
+    Target("sqlalchemy.pool.base", "Pool.connect", per_instance=True),  # each engine's pool its own wrapper
     Target("sqlalchemy.pool.base", "Pool._create_connection"),
 )
 
