@@ -18,6 +18,7 @@ its socket until then).
 from __future__ import annotations
 
 import importlib
+import threading
 import types
 import weakref
 from collections.abc import Callable, Iterable
@@ -123,6 +124,7 @@ class _PerInstance:
         self.installed: Any = None
         self.held: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # object -> its wrapper
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
+        self.lock = threading.Lock()  # an object's first call against revert's strip
 
     def install(self) -> Any:
         self.installed = wrapt.FunctionWrapper(self.original, self._first)
@@ -140,23 +142,27 @@ class _PerInstance:
         if eligible is None:  # a subclass's own method (which may call ours through super()) stays its own
             found = next((k.__dict__[self.name] for k in cls.__mro__ if self.name in k.__dict__), None)
             eligible = self.eligible[cls] = found is self.installed and hasattr(instance, "__dict__")
-        if not eligible or _PerInstance.owners.get(id(self.installed)) is not self:
+        if not eligible:
             return
         own = wrapt.FunctionWrapper(self.original.__get__(instance, cls), self.wrapper)
-        try:
-            self.held[instance] = own  # first: an object revert could not find again gets none
-        except TypeError:  # not weakly referenceable, or not hashable
-            self.eligible[cls] = False
-            return
-        try:
-            instance.__dict__[self.name] = own
-        except (TypeError, AttributeError):  # a __dict__ that refuses it
-            del self.held[instance]
-            self.eligible[cls] = False
+        with self.lock:
+            if _PerInstance.owners.get(id(self.installed)) is not self:  # reverted meanwhile
+                return
+            try:
+                self.held[instance] = own  # first: an object revert could not find again gets none
+            except TypeError:  # not weakly referenceable, or not hashable
+                self.eligible[cls] = False
+                return
+            try:
+                instance.__dict__[self.name] = own
+            except (TypeError, AttributeError):  # a __dict__ that refuses it
+                del self.held[instance]
+                self.eligible[cls] = False
 
     def strip(self) -> None:
-        for instance, own in list(self.held.items()):
-            state = getattr(instance, "__dict__", None)
-            if state is not None and state.get(self.name) is own:
-                del state[self.name]
-        self.held.clear()
+        with self.lock:
+            for instance, own in list(self.held.items()):
+                state = getattr(instance, "__dict__", None)
+                if state is not None and state.get(self.name) is own:
+                    del state[self.name]
+            self.held.clear()
