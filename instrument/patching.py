@@ -23,7 +23,7 @@ import types
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import wrapt
 
@@ -115,7 +115,7 @@ def revert(targets: Iterable[Target]) -> None:
 class _PerInstance:
     """A class-level wrapper that, on an object's first call, gives the object a wrapper of its own."""
 
-    owners: dict[int, _PerInstance] = {}  # id(class-level wrapper) -> its _PerInstance, until reverted
+    owners: ClassVar[dict[int, _PerInstance]] = {}  # id(class-level wrapper) -> its _PerInstance, until reverted
 
     def __init__(self, name: str, original: types.FunctionType, wrapper: Callable[..., Any]) -> None:
         self.name = name
