@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import wrapt
 
-__all__ = ["Target", "apply", "is_ours", "is_patched", "revert"]
+__all__ = ["Target", "apply", "is_ours", "is_patched", "revert", "static_attribute"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +72,12 @@ def _resolve(target: Target) -> tuple[Any, str, Any] | None:
         raise AttributeError(f"{target.module}.{target.attribute}")
     original = parent.__dict__.get(name, getattr(parent, name)) if isinstance(parent, type) else getattr(parent, name)
     return parent, name, original
+
+
+def static_attribute(cls: type, name: str) -> Any:
+    """What ``cls`` defines as ``name`` along its MRO, unbound (None if nothing): is it our wrapper, or a
+    subclass's own method?"""
+    return next((k.__dict__[name] for k in cls.__mro__ if name in k.__dict__), None)
 
 
 def is_patched(target: Target) -> bool:
@@ -140,9 +146,9 @@ class _PerInstance:
         cls = type(instance)
         eligible = self.eligible.get(cls)
         if eligible is None:  # a subclass's own method (which may call ours through super()) stays its own
-            found = next((k.__dict__[self.name] for k in cls.__mro__ if self.name in k.__dict__), None)
-            eligible = self.eligible[cls] = found is self.installed and hasattr(instance, "__dict__")
-        if not eligible:
+            eligible = self.eligible[cls] = (static_attribute(cls, self.name) is self.installed
+                                             and hasattr(instance, "__dict__"))
+        if not eligible or self.name in instance.__dict__:  # (called through the class: it has its own already)
             return
         own = wrapt.FunctionWrapper(self.original.__get__(instance, cls), self.wrapper)
         with self.lock:

@@ -33,7 +33,7 @@ from instrument import _context
 from instrument._call import Endpoint, endpoint
 from instrument._context import remaining
 from instrument._dbapi import CANCEL_GRACE, aexecute, batch_size, execute, shutdown_fd, sql_errors
-from instrument.patching import Target, apply, revert
+from instrument.patching import Target, apply, revert, static_attribute
 
 TARGETS = (
     Target("psycopg", "Cursor.execute"),
@@ -160,8 +160,7 @@ def _execute_directly(conn: Any, query: Any, params: Any = None, *, prepare: Any
     cls = cur.__class__
     plain = _plain_cursors.get(cls)
     if plain is None:
-        plain = _plain_cursors[cls] = next(
-            (k.__dict__["execute"] for k in cls.__mro__ if "execute" in k.__dict__), None) is _cursor_execute[0]
+        plain = _plain_cursors[cls] = static_attribute(cls, "execute") is _cursor_execute[0]
     if plain:
         return _cursor_execute[1](cur, query, params, prepare=prepare)
     return cur.execute(query, params, prepare=prepare)  # a cursor class with an execute of its own

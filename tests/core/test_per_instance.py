@@ -98,3 +98,12 @@ def test_revert_takes_every_object_s_wrapper_away_and_apply_brings_them_back(tar
     pools[1].getconn(6.0)
     pools[1].getconn(7.0)
     assert seen[-2:] == [(pools[1], (6.0,)), (pools[1], (7.0,))] and "getconn" in vars(pools[1])
+
+
+def test_a_call_through_the_class_keeps_the_object_s_wrapper(target) -> None:  # type: ignore[no-untyped-def]
+    _found, seen = target
+    pool = Pool()
+    pool.getconn()
+    own = vars(pool)["getconn"]
+    assert Pool.getconn(pool, 8.0) == (pool, 8.0) and vars(pool)["getconn"] is own
+    assert seen[-1] == (pool, (8.0,))
