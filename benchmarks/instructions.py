@@ -56,7 +56,7 @@ def _child(op: str, variant: str, calls: int) -> None:
 def _count(op: str, variant: str, calls: int) -> int:
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m",
            "benchmarks.instructions", "--child", op, variant, str(calls)]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     found = _COLLECTED.search(out.stderr)
     if out.returncode != 0 or found is None:
         raise RuntimeError(f"{op} {variant}: callgrind failed: {out.stderr[-2000:]}")
@@ -97,29 +97,27 @@ def main(argv: list[str] | None = None) -> int:
             ops.append(spec)
         else:
             print(f"# {spec.title}: skipped, service {spec.service} is down", file=sys.stderr)
-    jobs = [(spec.key, v) for spec in ops for v in chosen]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # each job is one valgrind process
-        counts = dict(zip(jobs, pool.map(lambda job: per_call(*job, args.calls), jobs), strict=True))
     others = [v for v in chosen if v != "bare"]
     header = ["operation", "bare k"] + [f"{v} Δk" for v in others]
     for ratio in ("ours", "ours+bt"):
         if ratio in others and "contrib" in others:
             header.append(f"{ratio}/contrib")
+    # Fixed widths, so that each row prints as soon as its operation is counted: a run cut short keeps them
+    widths = [max([len(header[0])] + [len(spec.title) for spec in ops])] + [max(len(h), 7) for h in header[1:]]
     print(f"instructions per call (k = 1,000), callgrind, N={args.calls}, python {sys.version.split()[0]}\n")
-    rows = []
-    for spec in ops:
-        bare = counts[(spec.key, "bare")]
-        delta = {v: counts[(spec.key, v)] - bare for v in others}
-        row = [spec.title, f"{bare / 1000:.1f}"] + [f"{delta[v] / 1000:.1f}" for v in others]
-        for ratio in ("ours", "ours+bt"):
-            if ratio in others and "contrib" in others:
-                row.append(f"{delta[ratio] / delta['contrib']:.2f}x" if delta["contrib"] > 0 else "n/a")
-        rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print("  ".join("-" * w for w in widths), flush=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # each job is one valgrind process
+        pending = [(spec, {v: pool.submit(per_call, spec.key, v, args.calls) for v in chosen}) for spec in ops]
+        for spec, futures in pending:  # in operation order; later operations are counted meanwhile
+            counts = {v: f.result() for v, f in futures.items()}
+            bare = counts["bare"]
+            delta = {v: counts[v] - bare for v in others}
+            row = [spec.title, f"{bare / 1000:.1f}"] + [f"{delta[v] / 1000:.1f}" for v in others]
+            for ratio in ("ours", "ours+bt"):
+                if ratio in others and "contrib" in others:
+                    row.append(f"{delta[ratio] / delta['contrib']:.2f}x" if delta["contrib"] > 0 else "n/a")
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)
     return 0
 
 
