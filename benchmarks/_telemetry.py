@@ -50,7 +50,9 @@ class SamplerSwitch:
         tp.get_tracer = get_tracer  # type: ignore[method-assign]
 
     def sampled_out(self, value: bool) -> None:
-        sampler = ALWAYS_OFF if value else self.on
+        self.use(ALWAYS_OFF if value else self.on)
+
+    def use(self, sampler: Any) -> None:
         self.tp.sampler = sampler
         for tracer in self.tracers:
             tracer.sampler = sampler

@@ -78,6 +78,7 @@ def policy_variants(is_async: bool) -> tuple[list[Variant], dict[str, str]]:
 def floor_variants(tel: Any) -> list[Variant]:
     """The SDK floor and the toolkit's pipeline around a no-op, traced and sampled out."""
     from opentelemetry import metrics, trace
+    from opentelemetry.sdk.trace.sampling import ParentBasedTraceIdRatio
 
     from instrument import _call, policies
 
@@ -108,6 +109,9 @@ def floor_variants(tel: Any) -> list[Variant]:
     def on() -> None:
         tel.sampler.sampled_out(False)
 
+    def ratio_off() -> None:  # OTEL_TRACES_SAMPLER=parentbased_traceidratio, for a trace it does not keep
+        tel.sampler.use(ParentBasedTraceIdRatio(0.0))
+
     def bt_on() -> None:
         policies.configure("http://bench.invalid:*=timeout(2s),breaker")
 
@@ -122,4 +126,5 @@ def floor_variants(tel: Any) -> list[Variant]:
         Variant("Endpoint.call", endpoint_call),
         Variant("Endpoint.call +breaker+timeout", endpoint_call, bt_on, bt_off),
         Variant("Endpoint.call sampled-out", endpoint_call, off, on),
+        Variant("Endpoint.call sampled-out by ratio", endpoint_call, ratio_off, on),
     ]

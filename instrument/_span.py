@@ -118,8 +118,8 @@ class CallSpan(Span):
 class _Plan:
     """What spans from one SDK tracer need, resolved once: or ``lean=False`` to use ``start_span``."""
 
-    __slots__ = ("enders", "flags", "id_generator", "lean", "limits", "multi", "plain", "processors", "random_ids", "real",
-                 "resource", "room", "root_random", "sampler", "shared", "source", "static")
+    __slots__ = ("bounds", "enders", "flags", "id_generator", "lean", "limits", "multi", "plain", "processors",
+                 "random_ids", "real", "resource", "room", "root_random", "sampler", "shared", "source")
 
     def __init__(self, source: Any) -> None:
         self.source = source
@@ -143,8 +143,9 @@ class _Plan:
                 return
         if type(sampler) not in _KNOWN_SAMPLERS:  # exact types: a subclass may add attributes or decide otherwise
             return
-        # Static samplers (always_on/off, directly or as ParentBased delegates) decide without a call.
-        self.static = _static_decisions(sampler)
+        # The SDK's own samplers (always_on/off, traceidratio, directly or as ParentBased delegates) decide
+        # without a call: by comparing the trace id's low 64 bits with a bound per parent slot.
+        self.bounds = _bounds(sampler)
         self.id_generator = real.id_generator
         self.random_ids = type(self.id_generator) is RandomIdGenerator  # ids drawn here, as it draws them
         self.limits = real._span_limits  # noqa: SLF001
@@ -196,19 +197,33 @@ def _enders(multi: Any, processors: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(enders)
 
 
-def _static_decisions(sampler: Any) -> tuple[bool, bool, bool, bool, bool] | None:
-    """For ParentBased over static samplers, or a static sampler: sampled? for (root, remote sampled,
-    remote unsampled, local sampled, local unsampled). None: ask the sampler per span."""
-    if isinstance(sampler, sampling.StaticSampler):
-        decided = sampler._decision.is_sampled()  # noqa: SLF001
-        return (decided,) * 5
-    if type(sampler) is sampling.ParentBased:
+_LOW_64 = sampling.TraceIdRatioBased.TRACE_ID_LIMIT  # the bits TraceIdRatioBased decides on
+_ALWAYS = _LOW_64 + 1  # a bound every trace id is below: always sampled (0: never)
+
+
+def _bound(sampler: Any) -> int | None:
+    """A sampler's decision as a bound: sampled when ``trace_id & _LOW_64 < bound``, as TraceIdRatioBased
+    decides; always_on/off as the bounds that every and no trace id is below. None: not one of these."""
+    if type(sampler) is sampling.StaticSampler:
+        return _ALWAYS if sampler._decision.is_sampled() else 0  # noqa: SLF001
+    if type(sampler) is sampling.TraceIdRatioBased:
+        return sampler.bound
+    return None
+
+
+def _bounds(sampler: Any) -> tuple[int, int, int, int, int] | None:
+    """For the SDK's ParentBased over static or ratio samplers, or such a sampler alone: the bound for
+    (root, remote sampled, remote unsampled, local sampled, local unsampled). None: ask the sampler per span.
+    What these samplers return besides the decision is what the span gets anyway: the parent's trace state,
+    and the span's own attributes when sampled."""
+    if type(sampler) in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
         delegates = (sampler._root, sampler._remote_parent_sampled,  # noqa: SLF001
                      sampler._remote_parent_not_sampled, sampler._local_parent_sampled,  # noqa: SLF001
                      sampler._local_parent_not_sampled)  # noqa: SLF001
-        if all(type(d) is sampling.StaticSampler for d in delegates):
-            return tuple(d._decision.is_sampled() for d in delegates)  # type: ignore[return-value]  # noqa: SLF001
-    return None
+    else:
+        delegates = (sampler,) * 5
+    bounds = tuple(_bound(d) for d in delegates)
+    return None if None in bounds else bounds  # type: ignore[return-value]
 
 
 _plan: list[_Plan | None] = [None]
@@ -252,9 +267,9 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         random_flag = flags & _RANDOM
         trace_state = parent_sc[STATE]
         slot = (1 if parent_sc[IS_REMOTE] else 3) + (0 if flags & _SAMPLED else 1)
-    static = plan.static
-    if static is not None:
-        sampled = static[slot]
+    bounds = plan.bounds
+    if bounds is not None:
+        sampled = trace_id & _LOW_64 < bounds[slot]
     else:
         merged = attributes if not extra else {**attributes, **extra}
         result = plan.sampler.should_sample(parent, trace_id, name, kind, merged, links)

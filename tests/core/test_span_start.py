@@ -111,6 +111,55 @@ def test_sampling_decisions_match_the_sdk(sampler: Any, parent: str | None) -> N
         span.end()
 
 
+# name -> (sampler, the kinds of parent it decides by ratio: 0 root, 1/2 remote sampled/unsampled, 3/4 local)
+_RATIOS = {
+    "parentbased_traceidratio": (sampling.ParentBasedTraceIdRatio(0.5), {0}),
+    "traceidratio": (sampling.TraceIdRatioBased(0.5), {0, 1, 2, 3, 4}),
+    "ratio per parent": (sampling.ParentBased(sampling.TraceIdRatioBased(0.5),
+                                              remote_parent_sampled=sampling.TraceIdRatioBased(0.25),
+                                              remote_parent_not_sampled=sampling.TraceIdRatioBased(0.75),
+                                              local_parent_sampled=sampling.ALWAYS_OFF,
+                                              local_parent_not_sampled=sampling.TraceIdRatioBased(0.5)), {0, 1, 2, 4}),
+}
+
+
+@pytest.mark.parametrize("name", list(_RATIOS))
+def test_ratio_sampling_decides_as_the_sdk_without_asking_it(name: str) -> None:
+    """Ratio samplers (directly or as ParentBased delegates) are decided by their bound, span by span as the
+    SDK decides: the same decision, flags and trace state for every kind of parent and many trace ids."""
+    import random
+
+    sampler, by_ratio = _RATIOS[name]
+    tp, _ = _provider(sampler)
+    tracer = tp.get_tracer("t")
+    rng = random.Random(7)
+    seen = set()
+    for i in range(400):
+        kind = i % 5  # root, remote sampled, remote unsampled, local sampled, local unsampled
+        if kind == 0:
+            ctx = None
+        else:
+            flags = TraceFlags(TraceFlags.SAMPLED if kind in (1, 3) else 0)
+            parent_sc = SpanContext(rng.getrandbits(128) or 1, rng.getrandbits(64) or 1, is_remote=kind < 3,
+                                    trace_flags=flags, trace_state=TraceState([("k", str(i))]))
+            ctx = trace.set_span_in_context(NonRecordingSpan(parent_sc))
+        lean, sdk = _both(tracer, ctx)
+        got = lean.get_span_context()
+        if ctx is None:  # a new trace id each: ask the SDK's sampler about the lean span's own
+            want = sampler.should_sample(ctx, got.trace_id, "GET", SpanKind.CLIENT, ATTRS).decision.is_sampled()
+            assert lean.is_recording() == want, (i, hex(got.trace_id))
+        else:
+            want_sc = sdk.get_span_context()
+            assert (lean.is_recording(), got.trace_flags, got.trace_state) == \
+                (sdk.is_recording(), want_sc.trace_flags, want_sc.trace_state), (i, kind)
+        seen.add((kind, lean.is_recording()))
+        for span in (lean, sdk):
+            span.end()
+    assert _span._plan[0] is not None and _span._plan[0].bounds is not None  # decided here, not by the sampler
+    # both decisions came up for every kind of parent decided by ratio, and only for those
+    assert {k for k, recorded in seen if recorded} & {k for k, recorded in seen if not recorded} == by_ratio
+
+
 class _OnStart(SpanProcessor):
     def __init__(self) -> None:
         self.started: list[Any] = []
