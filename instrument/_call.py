@@ -26,9 +26,12 @@ from typing import Any
 from opentelemetry import propagate, trace
 from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation import _SPAN_KEY
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.propagation.tracecontext import (
+    _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH,
+    TraceContextTextMapPropagator,
+)
 
 from instrument import _context, _instruments, _span
 from instrument._safety import report
@@ -79,6 +82,7 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
 
 
 _TRACEPARENT = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE  # noqa: SLF001 - the SDK's own format
+_MAX_STATE = _TRACECONTEXT_MAXIMUM_TRACESTATE_LENGTH
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 
 
@@ -88,8 +92,9 @@ def extract(carrier: Any, getter: Any) -> Any:
     When the global propagator is still the plain tracecontext(+baggage) composite that init() installed
     and the carrier has no ``baggage``, the generic path would return a new Context holding the remote span
     context of a valid ``traceparent`` (and ``tracestate``), or an empty one: built here the same way, with
-    the SDK's own header format, without the composite's and each propagator's layers. Anything else takes
-    the generic path.
+    the SDK's own header format and ``TraceState.from_header``, without the composite's and each propagator's
+    layers. Anything else (and a ``tracestate`` over the SDK's length limit, for its warning) takes the
+    generic path.
     """
     textmap = propagate.get_global_textmap()
     if textmap is not _w3c_textmap[0] or getter.get(carrier, "baggage"):
@@ -101,13 +106,17 @@ def extract(carrier: Any, getter: Any) -> Any:
     version, trace_id, span_id, flags, rest = match.groups()
     if trace_id == _NO_TRACE or span_id == _NO_SPAN or version == "ff" or (version == "00" and rest):
         return Context()
-    if getter.get(carrier, "tracestate") is not None:  # its length limit and parsing, as the SDK does them
-        return textmap.extract(carrier, getter=getter)
+    state = _NO_STATE
+    fields = getter.get(carrier, "tracestate")
+    if fields is not None:
+        if sum(map(len, fields)) + len(fields) - 1 > _MAX_STATE:  # the SDK's limit: its path, and its warning
+            return textmap.extract(carrier, getter=getter)
+        state = TraceState.from_header(fields)  # the SDK's parsing (its fields joined as RFC 9110 joins them)
     # SpanContext(...) without its range checks (32 and 16 hex digits, neither all zero: valid), and the span
     # without NonRecordingSpan.__init__ (which only stores it)
     span = _new(_NonRecordingSpan)
     span._context = _tuple_new(SpanContext, (int(trace_id, 16), int(span_id, 16), True, _FLAGS_OF[int(flags, 16)],  # noqa: SLF001
-                                             _NO_STATE, True))
+                                             state, True))
     return Context({_SPAN_KEY: span})
 
 

@@ -349,7 +349,13 @@ _VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01"}, {"traceparent": "garbage"},
     {"traceparent": _VALID, "tracestate": "vendor=abc,k=v"}, {"traceparent": _VALID, "baggage": "tenant=t1"},
     {"baggage": "tenant=t1"}, {"traceparent": ""},
-], ids=lambda h: ",".join(f"{k}={v[:12]}" for k, v in h.items()) or "none")
+    {"traceparent": _VALID, "tracestate": ["vendor=abc", "k=v,other=1"]},  # two fields, joined
+    {"traceparent": _VALID, "tracestate": "bad key=v"}, {"traceparent": _VALID, "tracestate": ""},
+    {"traceparent": _VALID, "tracestate": [f"k{i}=" + "v" * 200 for i in range(32)]},  # 32 members, 6.6k
+    {"traceparent": _VALID, "tracestate": [f"k{i}=" + "v" * 255 for i in range(32)]},  # valid, but over 8192 joined
+    {"traceparent": _VALID, "tracestate": "k=" + "v" * 300},  # a value over 256 characters
+    {"traceparent": "garbage", "tracestate": "k=v"},
+], ids=lambda h: ",".join(f"{k}={str(v)[:12]}({len(str(v))})" for k, v in h.items()) or "none")
 def test_direct_extract_gives_what_the_propagators_give(headers: dict[str, str]) -> None:
     from instrument._otel import _setup_propagators
     from instrument._settings import Settings
@@ -358,6 +364,7 @@ def test_direct_extract_gives_what_the_propagators_give(headers: dict[str, str])
     assert _call._w3c_textmap[0] is propagate.get_global_textmap()
     direct = _call.extract(headers, propagate.textmap.default_getter)
     generic = propagate.extract(headers)
-    assert trace.get_current_span(direct).get_span_context() == trace.get_current_span(generic).get_span_context()
+    got, want = trace.get_current_span(direct).get_span_context(), trace.get_current_span(generic).get_span_context()
+    assert got == want and list(got.trace_state.items()) == list(want.trace_state.items())
     assert baggage.get_all(direct) == baggage.get_all(generic)
     assert dict(direct).keys() == dict(generic).keys()
