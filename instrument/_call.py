@@ -62,13 +62,13 @@ _tuple_new = tuple.__new__  # set by _otel._setup_propagators to the composite i
 def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
     """``propagate.inject(carrier, set_span_in_context(span))``, written directly for the default propagators.
 
-    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed
-    and the context carries no baggage, all the generic path would write is ``traceparent`` (and
-    ``tracestate``), byte for byte as below. Anything else (b3, jaeger, baggage, an application's
-    propagator) takes the generic path.
+    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed,
+    all the generic path would write is ``traceparent`` (and ``tracestate``), byte for byte as below, and
+    the context's ``baggage`` as the composite's own baggage propagator writes it (see :func:`_baggage`).
+    Anything else (b3, jaeger, an application's propagator) takes the generic path.
     """
     textmap = propagate.get_global_textmap()
-    if textmap is _w3c_textmap[0] and not _otel_current().get(_BAGGAGE_KEY):
+    if textmap is _w3c_textmap[0]:
         sc = span._context if span.__class__ in OWN_SPANS else span.get_span_context()  # noqa: SLF001
         if sc[_IS_VALID]:
             # ids as big-endian bytes in hex: the same text as "%032x"/"%016x", in about half the time
@@ -77,8 +77,32 @@ def _inject(carrier: MutableMapping[str, str], span: trace.Span) -> None:
             state = sc[_STATE]
             if state is not _NO_STATE and state:  # (the default empty state, without TraceState.__len__)
                 carrier["tracestate"] = state.to_header()
+        entries = _otel_current().get(_BAGGAGE_KEY)
+        if entries and _w3c_baggage[0] is not None:
+            header = _baggage(entries)
+            if header:
+                carrier["baggage"] = header
         return
     textmap.inject(carrier, context=_set_span_in_context(span))
+
+
+_w3c_baggage: list[Any] = [None]  # set by _otel._setup_propagators: the composite's W3CBaggagePropagator
+_last_baggage: list[tuple[Any, str | None] | None] = [None]
+
+
+def _baggage(entries: Any) -> str | None:
+    """The ``baggage`` header for a context's baggage, written by the baggage propagator itself, once per
+    baggage: the API never changes a context's baggage in place (``set_baggage`` copies it), so the last
+    one's header is kept with it and reused while calls run under the same baggage (it is held here, so its
+    identity cannot be reused by another)."""
+    last = _last_baggage[0]
+    if last is not None and last[0] is entries:
+        return last[1]
+    written: dict[str, str] = {}
+    _w3c_baggage[0].inject(written, context=Context({_BAGGAGE_KEY: entries}))
+    header = written.get("baggage")
+    _last_baggage[0] = (entries, header)  # one tuple: a concurrent reader sees the old pair or the new one
+    return header
 
 
 _TRACEPARENT = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE  # noqa: SLF001 - the SDK's own format

@@ -284,6 +284,7 @@ def _setup_propagators(settings: Settings) -> None:
     plain_w3c = [type(p) for p in chosen] in ([TraceContextTextMapPropagator, W3CBaggagePropagator],
                                               [TraceContextTextMapPropagator])
     _call._w3c_textmap[0] = composite if plain_w3c else None  # enables _call._inject's direct write
+    _call._w3c_baggage[0] = chosen[1] if plain_w3c and len(chosen) == 2 else None  # and its baggage header
 
 
 def shutdown(providers: Providers, timeout: float) -> None:

@@ -231,19 +231,41 @@ def test_direct_traceparent_is_byte_identical_to_the_propagator(case: str) -> No
     assert direct == generic and direct["traceparent"].startswith("00-")
 
 
-def test_baggage_takes_the_propagators_path() -> None:
+_BAGGAGES = {
+    "one": {"tenant": "t1"},
+    "quoted": {"user id": "a b,c;d=é", "k/€": "%20"},
+    "not str": {"n": 7, "f": 1.5},
+    "over the limits": {f"k{i}": "v" * 60 for i in range(200)},  # more pairs and a longer header than allowed
+    "one pair too long": {"big": "x" * 5000, "small": "s"},
+}
+
+
+@pytest.mark.parametrize("propagators", ["tracecontext,baggage", "tracecontext"])
+@pytest.mark.parametrize("name", list(_BAGGAGES))
+def test_direct_baggage_is_byte_identical_to_the_propagator(name: str, propagators: str) -> None:
+    """The context's baggage is written as the composite writes it (with its limits), or not at all when the
+    propagators leave baggage out; the next calls under the same baggage reuse the header, a new baggage gets
+    its own."""
     from instrument._otel import _setup_propagators
     from instrument._settings import Settings
 
-    _setup_propagators(Settings.from_env({}))
+    _setup_propagators(Settings.from_env({"OTEL_PROPAGATORS": propagators}))
+    assert _call._w3c_textmap[0] is propagate.get_global_textmap()
     span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, False, TraceFlags(1)))
-    token = otel_context.attach(baggage.set_baggage("tenant", "t1"))
-    try:
-        carrier: dict[str, str] = {}
-        _call._inject(carrier, span)
-    finally:
-        otel_context.detach(token)
-    assert carrier["baggage"] == "tenant=t1" and "traceparent" in carrier
+    first = None
+    for key, value in _BAGGAGES[name].items():
+        first = baggage.set_baggage(key, value, context=first)
+    for ctx in (first, first, baggage.set_baggage("added", "later", context=first)):
+        token = otel_context.attach(ctx)
+        try:
+            direct: dict[str, str] = {}
+            _call._inject(direct, span)
+            generic: dict[str, str] = {}
+            propagate.inject(generic, context=trace.set_span_in_context(span))
+        finally:
+            otel_context.detach(token)
+        assert direct == generic
+        assert ("baggage" in direct) == (propagators == "tracecontext,baggage"), direct.keys()
 
 
 def test_an_id_generator_of_its_own_is_used() -> None:
