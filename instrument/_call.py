@@ -113,35 +113,40 @@ _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 def extract(carrier: Any, getter: Any) -> Any:
     """``propagate.extract(carrier, getter=getter)``, read directly for the default propagators.
 
-    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed
-    and the carrier has no ``baggage``, the generic path would return a new Context holding the remote span
-    context of a valid ``traceparent`` (and ``tracestate``), or an empty one: built here the same way, with
-    the SDK's own header format and ``TraceState.from_header``, without the composite's and each propagator's
-    layers. Anything else (and a ``tracestate`` over the SDK's length limit, for its warning) takes the
-    generic path.
+    When the global propagator is still the plain tracecontext(+baggage) composite that init() installed,
+    the generic path would return a new Context holding the remote span context of a valid ``traceparent``
+    (and ``tracestate``), or an empty one, then given to the baggage propagator: built here the same way, with
+    the SDK's own header format and ``TraceState.from_header``, and handed to the composite's own baggage
+    propagator only when the carrier has ``baggage``, without the composite's layers. Anything else (and a
+    ``tracestate`` over the SDK's length limit, for its warning) takes the generic path.
     """
     textmap = propagate.get_global_textmap()
-    if textmap is not _w3c_textmap[0] or getter.get(carrier, "baggage"):
+    if textmap is not _w3c_textmap[0]:
         return textmap.extract(carrier, getter=getter)
+    ctx = None
     header = getter.get(carrier, "traceparent")
     match = _TRACEPARENT.search(header[0]) if header else None
-    if match is None:
-        return Context()
-    version, trace_id, span_id, flags, rest = match.groups()
-    if trace_id == _NO_TRACE or span_id == _NO_SPAN or version == "ff" or (version == "00" and rest):
-        return Context()
-    state = _NO_STATE
-    fields = getter.get(carrier, "tracestate")
-    if fields is not None:
-        if sum(map(len, fields)) + len(fields) - 1 > _MAX_STATE:  # the SDK's limit: its path, and its warning
-            return textmap.extract(carrier, getter=getter)
-        state = TraceState.from_header(fields)  # the SDK's parsing (its fields joined as RFC 9110 joins them)
-    # SpanContext(...) without its range checks (32 and 16 hex digits, neither all zero: valid), and the span
-    # without NonRecordingSpan.__init__ (which only stores it)
-    span = _new(_NonRecordingSpan)
-    span._context = _tuple_new(SpanContext, (int(trace_id, 16), int(span_id, 16), True, _FLAGS_OF[int(flags, 16)],  # noqa: SLF001
-                                             state, True))
-    return Context({_SPAN_KEY: span})
+    if match is not None:
+        version, trace_id, span_id, flags, rest = match.groups()
+        if not (trace_id == _NO_TRACE or span_id == _NO_SPAN or version == "ff" or (version == "00" and rest)):
+            state = _NO_STATE
+            fields = getter.get(carrier, "tracestate")
+            if fields is not None:
+                if sum(map(len, fields)) + len(fields) - 1 > _MAX_STATE:  # the SDK's limit: its path and warning
+                    return textmap.extract(carrier, getter=getter)
+                state = TraceState.from_header(fields)  # the SDK's parsing (fields joined as RFC 9110 joins them)
+            # SpanContext(...) without its range checks (32 and 16 hex digits, neither all zero: valid), and the
+            # span without NonRecordingSpan.__init__ (which only stores it)
+            span = _new(_NonRecordingSpan)
+            span._context = _tuple_new(SpanContext, (int(trace_id, 16), int(span_id, 16), True,  # noqa: SLF001
+                                                     _FLAGS_OF[int(flags, 16)], state, True))
+            ctx = Context({_SPAN_KEY: span})
+    if ctx is None:
+        ctx = Context()
+    baggage_propagator = _w3c_baggage[0]
+    if baggage_propagator is not None and getter.get(carrier, "baggage"):
+        return baggage_propagator.extract(carrier, context=ctx, getter=getter)
+    return ctx
 
 
 _ERROR = StatusCode.ERROR

@@ -377,12 +377,16 @@ _VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     {"traceparent": _VALID, "tracestate": [f"k{i}=" + "v" * 255 for i in range(32)]},  # valid, but over 8192 joined
     {"traceparent": _VALID, "tracestate": "k=" + "v" * 300},  # a value over 256 characters
     {"traceparent": "garbage", "tracestate": "k=v"},
+    {"traceparent": _VALID, "baggage": "a=1;prop=x, b = %20two ,bad pair,c"}, {"baggage": ["a=1", "b=2"]},
+    {"traceparent": _VALID, "baggage": ",".join(f"k{i}=v" for i in range(200))}, {"baggage": ""},
+    {"traceparent": _VALID, "tracestate": [f"k{i}=" + "v" * 255 for i in range(32)], "baggage": "a=1"},
 ], ids=lambda h: ",".join(f"{k}={str(v)[:12]}({len(str(v))})" for k, v in h.items()) or "none")
-def test_direct_extract_gives_what_the_propagators_give(headers: dict[str, str]) -> None:
+@pytest.mark.parametrize("propagators", ["tracecontext,baggage", "tracecontext"])
+def test_direct_extract_gives_what_the_propagators_give(headers: dict[str, str], propagators: str) -> None:
     from instrument._otel import _setup_propagators
     from instrument._settings import Settings
 
-    _setup_propagators(Settings.from_env({}))
+    _setup_propagators(Settings.from_env({"OTEL_PROPAGATORS": propagators}))
     assert _call._w3c_textmap[0] is propagate.get_global_textmap()
     direct = _call.extract(headers, propagate.textmap.default_getter)
     generic = propagate.extract(headers)
