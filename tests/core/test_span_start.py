@@ -266,6 +266,9 @@ def test_direct_baggage_is_byte_identical_to_the_propagator(name: str, propagato
             otel_context.detach(token)
         assert direct == generic
         assert ("baggage" in direct) == (propagators == "tracecontext,baggage"), direct.keys()
+        assert "traceparent" in direct
+    if name == "one" and propagators == "tracecontext,baggage":
+        assert generic["baggage"] == "tenant=t1,added=later"  # the last context: the first one's pair, and one more
 
 
 def test_an_id_generator_of_its_own_is_used() -> None:
