@@ -573,16 +573,15 @@ def _stack(exc: BaseException, text: str) -> str:
 
 
 def _activate(span: trace.Span) -> object:
-    from opentelemetry import context
-
-    return context.attach(_set_span_in_context(span))
+    return _context.otel_attach(_set_span_in_context(span))
 
 
 def _detach(activated: object) -> None:
     if activated is not None:
-        from opentelemetry import context
-
-        context.detach(activated)
+        try:
+            _context.otel_detach(activated)
+        except Exception as exc:  # noqa: BLE001 - a token of another context: as OpenTelemetry's detach, logged
+            report("context detach", exc)
 
 
 def _default_span_name(ep: Endpoint, name: str, subject: str | None) -> str:

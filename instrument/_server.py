@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation import _SPAN_KEY
 
-from instrument import _http, _instruments, _settings, _span
+from instrument import _context, _http, _instruments, _settings, _span
 from instrument._call import OWN_SPANS, error_type, extract
 from instrument._safety import report
 
@@ -35,6 +37,7 @@ ROUTE_KEY = "instrument.route"
 
 _perf = time.perf_counter
 _SERVER = SpanKind.SERVER
+_NonRecordingSpan = trace.NonRecordingSpan
 _ERROR = StatusCode.ERROR
 
 
@@ -58,8 +61,8 @@ class Request:
         token, self.token = self.token, None
         if token is not None:
             try:
-                otel_context.detach(token)  # type: ignore[arg-type]
-            except Exception as exc:  # noqa: BLE001
+                _context.otel_detach(token)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 - a token of another context: as OpenTelemetry's detach, logged
                 report("server detach", exc)
 
 
@@ -80,6 +83,23 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
         base = {"http.request.method": method, "url.scheme": scheme}
         found = (base, None, _instruments.get("http.server.active_requests").bind(base))
     base, template, active = found
+    # The pipeline's span start (instrument._span): the per-(method, scheme) attributes validated once, the
+    # per-request ones built only for a span that keeps them (not for a sampled-out request)
+    attrs = partial(_request_attributes, method, method_raw, scheme, path, query, host, client, user_agent,
+                    protocol, headers)
+    span, template = _span.start(_instruments.tracer(), "HTTP" if method == "_OTHER" else method, _SERVER, base,
+                                 template, attrs, parent, None)
+    if len(_span_bases) < 256:
+        _span_bases[key] = (base, template, active)
+    token = _context.otel_attach(Context({**parent, _SPAN_KEY: span}))  # set_span_in_context(span, parent)
+    active.add(1)
+    return Request(span, method, scheme, token, active)
+
+
+def _request_attributes(method: str, method_raw: str, scheme: str, path: str, query: str, host: str | None,
+                        client: str | None, user_agent: str | None, protocol: str | None,
+                        headers: Any) -> dict[str, Any]:
+    """A request's own SERVER span attributes."""
     attrs: dict[str, Any] = {"url.path": path}
     if method == "_OTHER":
         attrs["http.request.method_original"] = method_raw
@@ -99,14 +119,7 @@ def begin(method_raw: str, scheme: str, path: str, query: str, host: str | None,
     names = _settings.active().capture_request_headers
     if names:
         attrs.update(_http.header_attributes("request", names, headers))
-    # The pipeline's span start (instrument._span): the per-(method, scheme) attributes validated once
-    span, template = _span.start(_instruments.tracer(), "HTTP" if method == "_OTHER" else method, _SERVER, base,
-                                 template, attrs, parent, None)
-    if len(_span_bases) < 256:
-        _span_bases[key] = (base, template, active)
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    active.add(1)
-    return Request(span, method, scheme, token, active)
+    return attrs
 
 
 def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
@@ -121,22 +134,24 @@ def _split_host(host: str, scheme: str) -> tuple[str, int | None]:
     return address, (443 if scheme == "https" else 80)
 
 
-_server_fault: list[Any] = []
+_server_fault: list[Any] = []  # [(instrument.faults.server_fault, the rules' registry)], or [None] without faults
 
 
-def fault(target: str, method: str, path: str, headers: Mapping[str, str]) -> Any:
-    """``instrument.faults.server_fault(...)`` guarded: a missing or broken faults module never breaks a request."""
+def fault(scheme: str, host: str, method: str, path: str, headers: Mapping[str, str]) -> Any:
+    """``instrument.faults.server_fault(f"{scheme}://{host}", ...)`` guarded: a missing or broken faults module
+    never breaks a request. Without a server rule armed or header faults enabled (the usual case), None at once."""
     if not _server_fault:
         try:
-            from instrument.faults import server_fault
+            from instrument.faults import _registry, server_fault
         except Exception:  # noqa: BLE001 - faults not installed or broken: no server faults
-            server_fault = None
-        _server_fault.append(server_fault)
+            _server_fault.append(None)
+        else:
+            _server_fault.append((server_fault, _registry))
     found = _server_fault[0]
-    if found is None:
+    if found is None or not (found[1].server_rules() or found[1].header_enabled[0]):
         return None
     try:
-        return found(target, method, path, headers)
+        return found[0](f"{scheme}://{host}", method, path, headers)
     except Exception as exc:  # noqa: BLE001
         report("server fault", exc)
         return None
@@ -164,43 +179,45 @@ def finish(request: Request, route: str | None, exc: BaseException | None,
             error = error_type(exc)
         elif status is not None and status >= 500:
             error = str(status)
-        if span.is_recording():
-            if route:
-                span.update_name(f"{'HTTP' if request.method == '_OTHER' else request.method} {route}")
-                span.set_attribute("http.route", route)
-            if status is not None:
-                span.set_attribute("http.response.status_code", status)
-            names = _settings.active().capture_response_headers
-            if names and response_headers is not None:
-                span.set_attributes(_http.header_attributes("response", names, response_headers()))
-            if error is not None:
-                span.set_attribute("error.type", error)
-                if exc is not None:
-                    span.record_exception(exc)
-                    span.set_status(Status(_ERROR, f"{type(exc).__name__}: {exc}"[:512]))
-                else:
-                    span.set_status(Status(_ERROR))
-        span.end()
-        context = span._context if span.__class__ in OWN_SPANS else span.get_span_context()  # noqa: SLF001
+        cls = span.__class__
+        if cls is not _NonRecordingSpan:  # sampled out: nothing to set, nothing to end
+            if span.is_recording():
+                if route:
+                    span.update_name(f"{'HTTP' if request.method == '_OTHER' else request.method} {route}")
+                    span.set_attribute("http.route", route)
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                names = _settings.active().capture_response_headers
+                if names and response_headers is not None:
+                    span.set_attributes(_http.header_attributes("response", names, response_headers()))
+                if error is not None:
+                    span.set_attribute("error.type", error)
+                    if exc is not None:
+                        span.record_exception(exc)
+                        span.set_status(Status(_ERROR, f"{type(exc).__name__}: {exc}"[:512]))
+                    else:
+                        span.set_status(Status(_ERROR))
+            span.end()
+        context = span._context if cls in OWN_SPANS else span.get_span_context()  # noqa: SLF001
         # a sampled request's span becomes its bucket's exemplar, as a client call's does
-        _duration(request.method, route, status, request.scheme, error).record(duration, context)
+        key = (request.method, route, status, request.scheme, error)
+        (_durations.get(key) or _duration(key)).record(duration, context)
         request.active.add(-1)
     except Exception as internal:  # noqa: BLE001
         report("server finish", internal)
 
 
-def _duration(method: str, route: str | None, status: int | None, scheme: str, error: str | None) -> Any:
-    key = (method, route, status, scheme, error)
-    bound = _durations.get(key)
-    if bound is None:
-        attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
-        if route:
-            attrs["http.route"] = route
-        if status is not None:
-            attrs["http.response.status_code"] = status
-        if error is not None:
-            attrs["error.type"] = error
-        bound = _instruments.get("http.server.request.duration").bind(attrs)
-        if len(_durations) < 2048:  # routes are templates (bounded); be safe anyway
-            _durations[key] = bound
+def _duration(key: tuple[str, str | None, int | None, str, str | None]) -> Any:
+    """``http.server.request.duration`` bound to the attributes of ``(method, route, status, scheme, error)``."""
+    method, route, status, scheme, error = key
+    attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
+    if route:
+        attrs["http.route"] = route
+    if status is not None:
+        attrs["http.response.status_code"] = status
+    if error is not None:
+        attrs["error.type"] = error
+    bound = _instruments.get("http.server.request.duration").bind(attrs)
+    if len(_durations) < 2048:  # routes are templates (bounded); be safe anyway
+        _durations[key] = bound
     return bound

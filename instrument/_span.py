@@ -234,14 +234,18 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     """A started span for a call, and the attribute template to cache for ``attributes`` (or None).
 
     ``template`` is the one previously returned for the same attributes and tracer (or None);
-    ``extra`` holds per-call attributes on top of them. ``parent`` is the Context to start the span in
-    (the current one, or an explicit parent's).
+    ``extra`` holds per-call attributes on top of them, or is a function returning them, called only when
+    the span needs them (a sampled span, or a sampler that reads attributes): a sampled-out request's
+    attributes are never built. ``parent`` is the Context to start the span in (the current one, or an
+    explicit parent's).
     """
     plan = _plan[0]
     if plan is None or plan.source is not source or not plan.current():
         plan = _plan[0] = _Plan(source)
     if not plan.lean or not (plan.real._tracer_config.is_enabled if _ENABLED_INLINE  # noqa: SLF001
                              else plan.real._is_enabled()):  # noqa: SLF001
+        if extra is not None and extra.__class__ is not dict:  # a function: build them now
+            extra = extra()
         merged = attributes if not extra else {**attributes, **extra}
         return source.start_span(name, context=parent, kind=kind, attributes=merged, links=links), None
     if template is None or template[0] is not plan:
@@ -271,6 +275,8 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     if bounds is not None:
         sampled = trace_id & _LOW_64 < bounds[slot]
     else:
+        if extra is not None and extra.__class__ is not dict:  # a function: build them now
+            extra = extra()
         merged = attributes if not extra else {**attributes, **extra}
         result = plan.sampler.should_sample(parent, trace_id, name, kind, merged, links)
         sampled = result.decision.is_sampled()
@@ -288,6 +294,8 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         span = _new(NonRecordingSpan)
         span._context = context  # noqa: SLF001 - all that NonRecordingSpan.__init__ does
         return span, template
+    if extra is not None and extra.__class__ is not dict:  # a function: build them now
+        extra = extra()
     attrs = _new(BoundedAttributes)
     attrs.__dict__ = {**template[2], "_dict": template[1]._dict.copy(), "_lock": _Lock()}  # noqa: SLF001
     if extra:

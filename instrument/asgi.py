@@ -95,7 +95,7 @@ async def call(app: ASGIApp, scope: Scope, receive: Any, send: Any) -> None:
         return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response_headers[0]}
 
     try:
-        injected = _server.fault(f"{scheme}://{host}", request.method, path, headers)
+        injected = _server.fault(scheme, host, request.method, path, headers)
         if injected is not None:
             await injected.asleep()
             if injected.status is not None:

@@ -115,7 +115,7 @@ def call(app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., An
         return _header_list(response_headers[0]) if response_headers else {}
 
     try:
-        injected = _server.fault(f"{scheme}://{host}", request.method, path, headers)
+        injected = _server.fault(scheme, host, request.method, path, headers)
         if injected is not None:
             injected.sleep()
             if injected.status is not None:

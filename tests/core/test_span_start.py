@@ -205,6 +205,28 @@ def test_other_configurations_give_the_sdks_result(case: str) -> None:
         assert lean.attributes["db.query.text"] == "GET "
 
 
+@pytest.mark.parametrize("case", ["sampled", "sampled out", "custom sampler", "value length limit"])
+def test_attributes_given_as_a_function_are_built_only_when_the_span_needs_them(case: str) -> None:
+    sampler = {"sampled out": sampling.ALWAYS_OFF, "custom sampler": _Custom()}.get(case)
+    limits = SpanLimits(max_span_attribute_length=4) if case == "value length limit" else None
+    tp, _ = _provider(sampler=sampler, limits=limits)
+    tracer = tp.get_tracer("t")
+    built: list[int] = []
+    extra = {"db.query.text": "GET something long"}
+
+    def attributes() -> dict[str, Any]:
+        built.append(1)
+        return dict(extra)
+
+    lean, _ = _span.start(tracer, "GET", SpanKind.CLIENT, ATTRS, None, attributes, None, None)
+    _, sdk = _both(tracer, extra=extra)
+    assert lean.is_recording() == sdk.is_recording()
+    if case == "sampled out":
+        assert built == [] and not lean.is_recording()  # a span that keeps nothing: never built
+    else:  # built once, and what the span (and a sampler reading attributes) got is the SDK's
+        assert built == [1] and dict(lean.attributes) == dict(sdk.attributes)
+
+
 def test_a_swapped_sampler_is_noticed() -> None:
     tp, _ = _provider()
     tracer = tp.get_tracer("t")
@@ -340,6 +362,18 @@ def test_the_current_context_is_read_from_its_contextvar_only_when_that_is_the_r
         assert _context.otel_current() is otel_context.get_current()
     finally:
         otel_context.detach(token)
+    # attached and detached directly: what the API sees, and the API's own tokens, are the same
+    before = otel_context.get_current()
+    ctx = trace.set_span_in_context(span)
+    token = _context.otel_attach(ctx)
+    try:
+        assert otel_context.get_current() is ctx and trace.get_current_span() is span
+    finally:
+        _context.otel_detach(token)
+    assert otel_context.get_current() is before
+    token = otel_context.attach(ctx)
+    _context.otel_detach(token)
+    assert otel_context.get_current() is before
 
     class Other:  # a runtime context of an application's own (OTEL_PYTHON_CONTEXT)
         _current_context = None
@@ -347,9 +381,10 @@ def test_the_current_context_is_read_from_its_contextvar_only_when_that_is_the_r
     original = otel_context._RUNTIME_CONTEXT
     otel_context._RUNTIME_CONTEXT = Other()
     try:
-        assert _context._otel_current_getter() is otel_context.get_current
+        assert _context._otel_context_var() is None  # so the API's get_current/attach/detach are used
     finally:
         otel_context._RUNTIME_CONTEXT = original
+    assert _context._otel_context_var() is not None
 
 
 def test_a_tracer_its_configurator_disabled_gives_what_the_sdk_gives() -> None:

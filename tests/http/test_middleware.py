@@ -267,3 +267,35 @@ def test_active_requests_counts_a_request_while_it_runs_and_reports_zero_after(t
     wait_spans(tel, 1, SpanKind.SERVER)
     assert during == [(1, False)]  # an up-down sum, one request in flight
     assert _active_sum(tel) == (0, False)  # back to zero, and still reported (as the SDK's own sum would be)
+
+
+def test_a_sampled_out_request_is_counted_and_its_span_attributes_never_built(tel, plain, monkeypatch):  # type: ignore[no-untyped-def]
+    """Sampled out (OTEL_TRACES_SAMPLER=always_off): the duration histogram and active requests as ever, no
+    span, and the span's per-request attributes not even built (a sampled request's are, once)."""
+    import time
+
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from instrument import _instruments, _server
+
+    built: list[str] = []
+    real = _server._request_attributes
+    monkeypatch.setattr(_server, "_request_attributes", lambda *a: built.append(a[3]) or real(*a))
+    tracer = _instruments.tracer()
+    tracer = getattr(tracer, "_real_tracer", None) or tracer
+    sampler = tracer.sampler
+    tracer.sampler = ALWAYS_OFF
+    try:
+        expected = {"http.request.method": "GET", "url.scheme": "http", "http.response.status_code": 200}
+        before = _count(tel, expected)
+        assert fetch(plain, "/hello", headers={"traceparent": TRACEPARENT})[0] == 200
+        deadline = time.monotonic() + 5
+        while _count(tel, expected) == before and time.monotonic() < deadline:  # recorded when the body closes
+            time.sleep(0.01)
+        assert _count(tel, expected) == before + 1
+        assert tel.metric_total("http.server.active_requests") == 0
+        assert not tel.spans() and built == []
+    finally:
+        tracer.sampler = sampler
+    fetch(plain, "/sampled", headers={"traceparent": TRACEPARENT})
+    assert server_span(tel).attributes["url.path"] == "/sampled" and built == ["/sampled"]
