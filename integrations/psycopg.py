@@ -108,12 +108,15 @@ def _query(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _suppressed.get():  # inside Connection.execute (or another traced layer)
+        return wrapped(*args, **kwargs)
     conn = instance.connection
-    query, params = _query(args, kwargs)
+    # (query, params) and the connection's cached endpoint read inline: this runs for every statement
+    query = args[0] if args else kwargs.get("query")
     if query.__class__ is not str:
         query = _render(query, conn)
-    return execute(endpoint_for(conn), wrapped, args, kwargs, query, params, cancel=_cancel, target=conn,
-                   abort=_abort)
+    return execute(getattr(conn, _CACHED, None) or endpoint_for(conn), wrapped, args, kwargs, query,
+                   args[1] if len(args) > 1 else kwargs.get("params"), cancel=_cancel, target=conn, abort=_abort)
 
 
 def _conn_endpoint(conn: Any) -> Endpoint | None:
@@ -129,10 +132,11 @@ def _conn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: di
     error (raised by ``cursor()``, before the cursor's execute) is a failed call too."""
     if _suppressed.get():
         return wrapped(*args, **kwargs)
-    ep = _conn_endpoint(instance)
+    ep = getattr(instance, _CACHED, None) or _conn_endpoint(instance)  # (inline, as in _execute)
     if ep is None:
         return wrapped(*args, **kwargs)
-    query, params = _query(args, kwargs)
+    query = args[0] if args else kwargs.get("query")
+    params = args[1] if len(args) > 1 else kwargs.get("params")
     if query.__class__ is str or query.__class__ is bytes:
         if _cursor_execute:  # the same statement, without passing through our Cursor.execute (see below)
             wrapped, args = _execute_directly, (instance, *args)
@@ -175,6 +179,8 @@ async def _aconn_execute(wrapped: Any, instance: Any, args: tuple[Any, ...], kwa
 
 
 def _executemany(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _suppressed.get():
+        return wrapped(*args, **kwargs)
     conn = instance.connection
     query = args[0] if args else kwargs.pop("query")
     seq = args[1] if len(args) > 1 else kwargs.pop("params_seq")
@@ -230,7 +236,8 @@ async def _aconnect(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
 
 
 def patch() -> None:
-    apply(TARGETS[:3], _dispatch)
+    apply((TARGETS[0], TARGETS[2]), _execute)
+    apply(TARGETS[1:2], _executemany)
     wrapper = psycopg.Cursor.__dict__["execute"]
     if psycopg.Connection.execute.__code__.co_names in _MIRRORED and hasattr(wrapper, "__wrapped__"):
         _cursor_execute[:] = [wrapper, wrapper.__wrapped__]
@@ -240,14 +247,6 @@ def patch() -> None:
     apply(TARGETS[7:8], _aconn_execute, _aconn_execute)
     apply(TARGETS[8:], _acancel_safe, _acancel_safe)
     apply(CONNECTS, _connect, _aconnect)
-
-
-def _dispatch(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _suppressed.get():  # inside Connection.execute (or another traced layer)
-        return wrapped(*args, **kwargs)
-    if getattr(wrapped, "__name__", "") == "executemany":
-        return _executemany(wrapped, instance, args, kwargs)
-    return _execute(wrapped, instance, args, kwargs)
 
 
 def unpatch() -> None:
