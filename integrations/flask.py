@@ -17,8 +17,10 @@ import flask
 from instrument import _server, wsgi
 from instrument.patching import Target, apply, revert
 
-_APP = (Target("flask.app", "Flask.wsgi_app"),)
-_ROUTE = (Target("flask.app", "Flask.dispatch_request"),)
+# An app lives as long as the process: each gets wrappers of its own (patching's per_instance), so a request
+# does not pay for binding a class-level wrapper to the app, twice.
+_APP = (Target("flask.app", "Flask.wsgi_app", per_instance=True),)
+_ROUTE = (Target("flask.app", "Flask.dispatch_request", per_instance=True),)
 TARGETS = _APP + _ROUTE
 
 

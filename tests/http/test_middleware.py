@@ -299,3 +299,32 @@ def test_a_sampled_out_request_is_counted_and_its_span_attributes_never_built(te
         tracer.sampler = sampler
     fetch(plain, "/sampled", headers={"traceparent": TRACEPARENT})
     assert server_span(tel).attributes["url.path"] == "/sampled" and built == ["/sampled"]
+
+
+def test_a_flask_app_gets_wrappers_of_its_own_and_unpatching_takes_them_away(tel):  # type: ignore[no-untyped-def]
+    """The flask integration's per-app wrappers (a request does not bind class-level wrappers to the app):
+    middleware added after the first request still wraps ours (one span), and unpatching leaves the app bare."""
+    import flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from instrument import integrations
+
+    assert integrations.patch("flask")
+    try:
+        app = flask.Flask("per-app")
+        app.add_url_rule("/items/<int:item_id>", "item", lambda item_id: f"item {item_id}")
+        assert app.test_client().get("/items/1").status_code == 200
+        assert server_span(tel).name == "GET /items/<int:item_id>"
+        assert {"wsgi_app", "dispatch_request"} <= set(vars(app))  # its own, made at its first request
+        app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+        tel.clear()
+        assert app.test_client().get("/items/2").status_code == 200
+        assert server_span(tel).attributes["http.route"] == "/items/<int:item_id>"
+    finally:
+        integrations.unpatch("flask")
+    assert "dispatch_request" not in vars(app)
+    other = flask.Flask("after")
+    other.add_url_rule("/x", "x", lambda: "x")
+    tel.clear()
+    assert other.test_client().get("/x").status_code == 200
+    assert not tel.spans() and "wsgi_app" not in vars(other)
