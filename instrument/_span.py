@@ -244,7 +244,7 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         plan = _plan[0] = _Plan(source)
     if not plan.lean or not (plan.real._tracer_config.is_enabled if _ENABLED_INLINE  # noqa: SLF001
                              else plan.real._is_enabled()):  # noqa: SLF001
-        if extra is not None and extra.__class__ is not dict:  # a function: build them now
+        if extra.__class__ is not dict and callable(extra):  # a function: build them now
             extra = extra()
         merged = attributes if not extra else {**attributes, **extra}
         return source.start_span(name, context=parent, kind=kind, attributes=merged, links=links), None
@@ -275,7 +275,7 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
     if bounds is not None:
         sampled = trace_id & _LOW_64 < bounds[slot]
     else:
-        if extra is not None and extra.__class__ is not dict:  # a function: build them now
+        if extra.__class__ is not dict and callable(extra):  # a function: build them now
             extra = extra()
         merged = attributes if not extra else {**attributes, **extra}
         result = plan.sampler.should_sample(parent, trace_id, name, kind, merged, links)
@@ -294,7 +294,7 @@ def start(source: Any, name: str, kind: trace_api.SpanKind, attributes: dict[str
         span = _new(NonRecordingSpan)
         span._context = context  # noqa: SLF001 - all that NonRecordingSpan.__init__ does
         return span, template
-    if extra is not None and extra.__class__ is not dict:  # a function: build them now
+    if extra.__class__ is not dict and callable(extra):  # a function: build them now
         extra = extra()
     attrs = _new(BoundedAttributes)
     attrs.__dict__ = {**template[2], "_dict": template[1]._dict.copy(), "_lock": _Lock()}  # noqa: SLF001

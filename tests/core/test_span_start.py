@@ -23,6 +23,15 @@ from instrument import _call, _span
 ATTRS = {"db.system.name": "redis", "server.address": "127.0.0.1", "server.port": 6379, "db.operation.name": "GET"}
 
 
+@pytest.fixture(autouse=True)
+def _propagators_restored():  # type: ignore[no-untyped-def]
+    """Tests here install propagators of their own (tracecontext only ...): the next module gets init()'s back."""
+    saved = propagate.get_global_textmap(), _call._w3c_textmap[0], _call._w3c_baggage[0]
+    yield
+    propagate.set_global_textmap(saved[0])
+    _call._w3c_textmap[0], _call._w3c_baggage[0] = saved[1], saved[2]
+
+
 def _provider(sampler: Any = None, limits: Any = None) -> tuple[Any, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     tp = TracerProvider(resource=Resource({"service.name": "span-test"}), sampler=sampler,
