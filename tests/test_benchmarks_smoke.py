@@ -86,3 +86,16 @@ def test_instruction_counts_run_under_callgrind() -> None:
     # export thread and the collector ran in the N-call or the 2N-call run moves it by tens of thousands
     # (negative once, with 20 calls); contrib's ~280k and the bare call's ~160k stand well clear of that.
     assert bare > 50 and contrib > 50 and ours == ours and ratio.endswith("x")
+
+
+def test_pipeline_pieces_are_timed_inside_real_calls() -> None:
+    """``python -m benchmarks.insitu`` times the pipeline's start and finish inside real urllib3 requests, just
+    after a no-op run of the pipeline and in a warm loop (no timing asserted: it proves the mode works)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.insitu", "urllib3", "--calls", "50"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {line[:36].strip(): line[36:].split() for line in out.stdout.splitlines()[3:] if line.strip()}
+    assert set(rows) == {"inside the call, as in the tables", "the pipeline run once just before",
+                         "a warm loop of no-op calls"}, out.stdout
+    assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in rows.values()), out.stdout
