@@ -22,11 +22,15 @@ def test_quick_run_prints_every_table() -> None:
     text = out.stdout
     header = next(line for line in text.splitlines() if line.startswith("operation"))
     for column in ("bare µs", "A/A Δ", "ours Δ", "ours+bt Δ", "contrib Δ", "ours/contrib", "ours+bt/contrib",
-                   "sampled-out Δ", "check"):
+                   "check"):
         assert column in header
-    assert any(line.startswith("requests GET") for line in text.splitlines()), text
-    for title in ("SDK floor", "Policy success path", "import instrument.auto", "Memory", "Targets"):
+    assert sum(line.startswith("requests GET") for line in text.splitlines()) == 2, text  # both tables
+    sampled = next(line for line in text.splitlines() if line.startswith("operation") and "bare+record" in line)
+    for column in ("ours Δ", "contrib Δ", "ours/contrib", "bare+record Δ", "allowance"):
+        assert column in sampled
+    for title in ("Sampled out", "SDK floor", "Policy success path", "import instrument.auto", "Memory", "Targets"):
         assert title in text, text
+    assert "sampled-out requests GET" in text and "one SDK record in this call" in text, text
     for row in ("CircuitBreaker", "full stack", "pybreaker", "circuitbreaker", "tenacity", "Endpoint.call sampled-out"):
         assert row in text, text
 
@@ -41,7 +45,7 @@ def test_markdown_mode() -> None:
 
 
 def test_every_operation_runs_with_the_spans_each_variant_should_make() -> None:
-    """Each operation's variants make the spans they claim (bare 0, ours 1, contrib 1, sampled-out 0),
+    """Each operation's variants make the spans they claim (bare 0, ours 1, contrib 1, both sampled-out 0),
     checked by the harness before and after its rounds; an operation whose service is down is listed as
     skipped, which fails here under INSTRUMENT_TEST_REQUIRE_SERVICES=1 (CI)."""
     from benchmarks.ops import ALL, load
@@ -51,8 +55,9 @@ def test_every_operation_runs_with_the_spans_each_variant_should_make() -> None:
                           "policies,floor,startup,memory"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    main_table = out.stdout.split("### Per-call overhead", 1)[1].split("###", 1)[0]  # its check column
     rows = {line.split("|")[1].strip(): line.split("|")[-2].strip()
-            for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| operation")}
+            for line in main_table.splitlines() if line.startswith("| ") and not line.startswith("| operation")}
     require = os.environ.get("INSTRUMENT_TEST_REQUIRE_SERVICES") == "1"
     for key in ALL:
         title = load(key).title
@@ -99,3 +104,22 @@ def test_pipeline_pieces_are_timed_inside_real_calls() -> None:
     assert set(rows) == {"inside the call, as in the tables", "the pipeline run once just before",
                          "a warm loop of no-op calls"}, out.stdout
     assert all(len(v) == 2 and all(float(x) > 0 for x in v) for v in rows.values()), out.stdout
+
+
+def test_opcodes_are_counted_by_function() -> None:
+    """``python -m benchmarks.opcodes`` counts the Python opcodes of real urllib3 requests by function: the
+    pipeline's functions appear under the toolkit and not in the bare call, and the toolkit adds opcodes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "INSTRUMENT_"))}
+
+    def run(variant: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-m", "benchmarks.opcodes", "urllib3", "--variant", variant,
+                              "--calls", "5", "--top", "200"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return int(out.stdout.split(": ", 1)[1].split()[0]), out.stdout
+
+    bare, bare_text = run("bare")
+    ours, ours_text = run("ours sampled-out")
+    assert "instrument/_call.py:call" in ours_text and "instrument/_call.py" not in bare_text, ours_text
+    assert "urllib3/connectionpool.py:urlopen" in bare_text, bare_text
+    assert ours > bare > 1000, (bare, ours)

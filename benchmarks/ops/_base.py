@@ -92,6 +92,14 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
     def contrib_off() -> None:
         instrumentor.uninstrument()
 
+    def contrib_sampled_out() -> None:
+        tel.sampler.sampled_out(True)
+        contrib_on()
+
+    def contrib_sampled_in() -> None:
+        contrib_off()
+        tel.sampler.sampled_out(False)
+
     def make() -> Callable[[], Any]:
         return spec.make(ctx)
 
@@ -103,4 +111,32 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
         Variant("ours+bt", make, with_policies, without_policies, is_async=a),
         Variant("ours sampled-out", make, sampled_out, sampled_in, is_async=a),
         Variant("contrib", make, contrib_on, contrib_off, is_async=a),
+        Variant("contrib sampled-out", make, contrib_sampled_out, contrib_sampled_in, is_async=a),
+        Variant("bare+record", lambda: _recorded(make(), tel, a), is_async=a),
     ]
+
+
+def _recorded(call: Callable[[], Any], tel: Any, is_async: bool) -> Callable[[], Any]:
+    """The bare call followed by one SDK histogram record of its duration (the floor's attributes): what a
+    record costs inside a real call, with the caches the client's own work leaves, next to the floor's
+    figure for the same record in a loop."""
+    from time import perf_counter
+
+    from benchmarks.micro import RECORD_ATTRIBUTES
+
+    record = tel.meter_provider.get_meter("benchmarks.record").create_histogram("bench.record.duration",
+                                                                                  unit="s").record
+    if is_async:
+        async def arecorded() -> None:
+            start = perf_counter()
+            await call()
+            record(perf_counter() - start, RECORD_ATTRIBUTES)
+
+        return arecorded
+
+    def recorded() -> None:
+        start = perf_counter()
+        call()
+        record(perf_counter() - start, RECORD_ATTRIBUTES)
+
+    return recorded

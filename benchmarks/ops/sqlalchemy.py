@@ -25,8 +25,8 @@ def _make(ctx: Ctx):
     engine = sqlalchemy.create_engine(URL, pool_size=1)  # made while its variant is active
     if SQLAlchemyInstrumentor().is_instrumented_by_opentelemetry:
         # contrib attaches listeners per engine and removes them all on uninstrument(): re-attach on every
-        # activation by passing this engine (see _contrib_kwargs)
-        ctx.extra["sqlalchemy.contrib_engine"] = engine
+        # activation by passing the engines of both contrib variants (see _contrib_kwargs)
+        ctx.extra.setdefault("sqlalchemy.contrib_engines", []).append(engine)
     conn = engine.connect()
     ctx.on_close(lambda: (conn.close(), engine.dispose()))
     stmt = sqlalchemy.text("SELECT 1")
@@ -35,8 +35,8 @@ def _make(ctx: Ctx):
 
 
 def _contrib_kwargs(ctx: Ctx) -> dict:
-    engine = ctx.extra.get("sqlalchemy.contrib_engine")
-    return {"skip_dep_check": True, **({"engine": engine} if engine is not None else {})}
+    engines = ctx.extra.get("sqlalchemy.contrib_engines")
+    return {"skip_dep_check": True, **({"engines": list(engines)} if engines else {})}
 
 
 SPEC = OpSpec("sqlalchemy", "SQLAlchemy SELECT 1", ("psycopg", "sqlalchemy"), _contrib, _make, "postgresql://*",
