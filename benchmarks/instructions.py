@@ -31,27 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _child(op: str, variant: str, calls: int) -> None:
-    """Run ``calls`` calls of one variant after a warm-up (the process callgrind counts)."""
-    from benchmarks import _telemetry, servers
-    from benchmarks.ops import Ctx, load
-    from benchmarks.ops._base import variants
+    """Run ``calls`` calls of one variant after a warm-up (the process callgrind counts; the HTTP server is a
+    subprocess, which callgrind does not follow)."""
+    from benchmarks.ops._base import running
 
-    tel = _telemetry.install()
-    spec = load(op)
-    http = servers.Subprocess("http") if spec.needs_http else None  # not traced: callgrind follows no child
-    try:
-        ctx = Ctx(http_port=http.port if http else 0)
-        chosen = next(v for v in variants(spec, ctx, tel) if v.name == variant)
-        chosen.activate()
-        call = chosen.call_fn()
+    with running(op, variant) as (_spec, call):
         for _ in range(200 + calls):
             call()
-        chosen.deactivate()
-        for close in ctx.closers:
-            close()
-    finally:
-        if http:
-            http.stop()
 
 
 def _count(op: str, variant: str, calls: int) -> int:

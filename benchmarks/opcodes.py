@@ -23,22 +23,13 @@ OURS = (str(ROOT / "instrument"), str(ROOT / "integrations"))
 
 def count(op: str, variant: str, calls: int, lines: bool = False) -> tuple[float, collections.Counter[Any]]:
     """(opcodes per call in all, opcodes per call by (file, function) or, with ``lines``, ours by (file, line))."""
-    from benchmarks import _telemetry, servers
-    from benchmarks.ops import Ctx, load
-    from benchmarks.ops._base import variants
+    from benchmarks.ops._base import running
 
-    tel = _telemetry.install()
-    spec = load(op)
-    if spec.is_async:
-        raise SystemExit(f"{op}: async operations are not counted by this tool")
-    http = servers.Subprocess("http") if spec.needs_http else None
     counts: collections.Counter[Any] = collections.Counter()
     total = [0]
-    try:
-        ctx = Ctx(http_port=http.port if http else 0)
-        chosen = next(v for v in variants(spec, ctx, tel) if v.name == variant)
-        chosen.activate()
-        call = chosen.call_fn()
+    with running(op, variant) as (spec, call):
+        if spec.is_async:
+            raise SystemExit(f"{op}: async operations are not counted by this tool")
         for _ in range(300):  # warm: caches filled, specialised bytecode in place
             call()
 
@@ -67,12 +58,6 @@ def count(op: str, variant: str, calls: int, lines: bool = False) -> tuple[float
                 call()
         finally:
             sys.settrace(None)
-        chosen.deactivate()
-        for close in ctx.closers:
-            close()
-    finally:
-        if http:
-            http.stop()
     return total[0] / calls, collections.Counter({k: v / calls for k, v in counts.items()})
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +141,26 @@ def _recorded(call: Callable[[], Any], tel: Any, is_async: bool) -> Callable[[],
         record(perf_counter() - start, RECORD_ATTRIBUTES)
 
     return recorded
+
+
+@contextmanager
+def running(op: str, variant: str) -> Iterator[tuple[OpSpec, Callable[[], Any]]]:
+    """One variant of one operation, active in this process (the tools that look inside a call: instructions,
+    opcodes): its spec and its call; what it opened (the HTTP server, clients) is closed after."""
+    from benchmarks import _telemetry, servers
+    from benchmarks.ops import load
+
+    tel = _telemetry.install()
+    spec = load(op)
+    http = servers.Subprocess("http") if spec.needs_http else None
+    try:
+        ctx = Ctx(http_port=http.port if http else 0)
+        chosen = next(v for v in variants(spec, ctx, tel) if v.name == variant)
+        chosen.activate()
+        yield spec, chosen.call_fn()
+        chosen.deactivate()
+        for close in ctx.closers:
+            close()
+    finally:
+        if http:
+            http.stop()
