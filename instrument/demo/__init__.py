@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from instrument.demo._collector import Collector, Forwarder, forward_target
     from instrument.demo._load import Load
-    from instrument.demo._runner import Services, free_port
+    from instrument.demo._runner import SERVICES, Services, free_ports
     from instrument.demo._stats import Stats
     from instrument.demo._view import View
 
@@ -90,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     forwarder = Forwarder(*target) if target else None
     # The collector's port is chosen now, but it starts only after the services are forked: a process
     # with gRPC threads running should not fork (the services' first export comes a second later).
-    collector = Collector([stats.ingest, *([forwarder] if forwarder else [])], port=free_port())
-    services = Services(folder, collector=collector.endpoint, database=database, broker=broker)
+    port, *ports = free_ports(1 + len(SERVICES))
+    collector = Collector([stats.ingest, *([forwarder] if forwarder else [])], port=port)
+    services = Services(folder, collector=collector.endpoint, database=database, broker=broker, ports=ports)
     stats.names = services.names()
     schedule = Schedule(args.duration)
     view = View(stats, live=live, duration=args.duration)

@@ -23,10 +23,18 @@ SERVICES = ("billing", "inventory", "orders", "fulfillment", "gateway")
 HTTP_SERVICES = ("billing", "inventory", "orders", "gateway")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: each stays bound until all are chosen, so that none repeats
+    (a port is released before its user binds it; two picks one after another may get the same one)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(socket.socket())
+            sockets[-1].bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -59,12 +67,12 @@ class Child:
 class Services:
     """The five services; ``url(name)`` is each HTTP service's base URL."""
 
-    def __init__(self, folder: str, *, collector: str, database: str, broker: str) -> None:
+    def __init__(self, folder: str, *, collector: str, database: str, broker: str, ports: list[int]) -> None:
         self.folder = folder
         self.collector = collector
         self.database = database
         self.broker = broker
-        self.ports = {name: free_port() for name in SERVICES}
+        self.ports = dict(zip(SERVICES, ports, strict=True))
         self.children: list[Child] = []
 
     def url(self, name: str) -> str:
