@@ -238,6 +238,16 @@ class Op:
         self._span_template: Any = None  # span_attributes validated once (instrument._span)
         self._ok: tuple[dict[str, Any], Any, Any] | None = None  # outcome(None, None), once known
 
+    def with_span_attributes(self, extra: Mapping[str, Any]) -> Op:
+        """This operation with span attributes of its own on top (a statement's text, a route's URL): merged
+        and validated once instead of per call. The metrics, and their cached outcomes, stay shared."""
+        op = Op.__new__(Op)
+        for name in Op.__slots__:
+            setattr(op, name, getattr(self, name))
+        op.span_attributes = {**self.span_attributes, **extra}
+        op._span_template = None
+        return op
+
     def metric_attributes(self, status: int | None, error: str | None) -> dict[str, Any]:
         """The (cached, shared, never mutated) metric attributes for one outcome."""
         return self.outcome(status, error)[0]
@@ -310,7 +320,7 @@ class Endpoint:
     _chain_generation: int = field(default=-1, repr=False)
     _in_flight: set[int] = field(default_factory=set, repr=False)
     # (statement, parameterized, dialect) -> (Op, span attributes): instrument._dbapi.prepare's cache
-    statements: dict[tuple[str, bool, str | None], tuple[Op, dict[str, Any]]] = field(default_factory=dict, repr=False)
+    statements: dict[tuple[str, bool, str | None], Op] = field(default_factory=dict, repr=False)  # (instrument._dbapi)
 
     # -- per operation ---------------------------------------------------------------------------
 

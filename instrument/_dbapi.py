@@ -138,27 +138,28 @@ def _parameter_attributes(params: Any) -> dict[str, Any]:
     return out
 
 
+_NO_ATTRIBUTES: dict[str, Any] = {}  # shared: never mutated
 _STATEMENTS_MAX = 512  # per endpoint: services run the same few hundred statements over and over
 
 
 def prepare(ep: Endpoint, query: Any, params: Any, *, batch: int | None = None,
             dialect: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The Op and the per-call span attributes for one statement (shared: never mutate them)."""
+    """The Op for one statement (its text among its span attributes) and the per-call span attributes on
+    top (shared: never mutate them)."""
     # an empty parameter set (SQLAlchemy passes {}) means the literals are in the text: sanitise it
     parameterized = params is not None and (not hasattr(params, "__len__") or len(params) > 0)
     key = (query, parameterized, dialect) if query.__class__ is str else None
     found = ep.statements.get(key) if key is not None else None
     if found is None:
         operation, collection, text = describe(_text(query), dialect or ep.system, parameterized)
-        found = (ep.op(operation, collection), {"db.query.text": text})
+        found = ep.op(operation, collection).with_span_attributes({"db.query.text": text})
         if key is not None and len(ep.statements) < _STATEMENTS_MAX:
             ep.statements[key] = found
-    op, attributes = found
     if batch is not None:
-        attributes = {**attributes, "db.operation.batch.size": batch}
-    elif parameterized and _settings.active().capture_sql_parameters:
-        attributes = {**attributes, **_parameter_attributes(params)}
-    return op, attributes
+        return found, {"db.operation.batch.size": batch}
+    if parameterized and _settings.active().capture_sql_parameters:
+        return found, _parameter_attributes(params)
+    return found, _NO_ATTRIBUTES
 
 
 def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args: tuple[Any, ...],
@@ -167,15 +168,15 @@ def _guarded(fn: Callable[..., Any], cancel: Canceller | None, target: Any, args
     at = _deadline.get() if cancel is not None else None
     if at is None:
         return fn(*args, **kwargs)
-    handle = watchdog.arm(max(0.0, at - time.monotonic()), cancel, target, abort)
+    handle = _arm(at, cancel, target, abort)  # type: ignore[arg-type]
     try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        if watchdog.disarm(handle):
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        if _disarm(handle) and isinstance(exc, Exception):
             _raise_timeout(exc)
         raise
-    finally:
-        watchdog.disarm(handle)  # a no-op when already disarmed
+    _disarm(handle)
+    return result
 
 
 def _raise_timeout(exc: Exception) -> None:
@@ -258,9 +259,9 @@ class _Watchdog:
         self._wake_at = math.inf  # when the thread wakes next on its own (inf: only when notified)
         self._thread: threading.Thread | None = None  # reset by the thread itself when it ends
 
-    def arm(self, seconds: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
+    def arm(self, at: float, cancel: Canceller, target: Any, abort: Canceller | None = None) -> int:
+        """Watch a statement from now until :meth:`disarm`: at ``at`` (``time.monotonic()``), cancel it."""
         handle = next(self._ids)
-        at = time.monotonic() + seconds
         self._armed[handle] = _Armed(at, cancel, target, abort)
         if at < self._wake_at or self._thread is None:
             with self._cond:
@@ -353,6 +354,7 @@ def shutdown_fd(fd: int) -> None:
 
 
 watchdog = _Watchdog()
+_arm, _disarm = watchdog.arm, watchdog.disarm  # (the watchdog lives as long as the process; fork resets it in place)
 
 
 # -- cursor proxy for C cursors ----------------------------------------------------------------------

@@ -79,18 +79,25 @@ def test_a_statement_is_described_once_per_endpoint_and_its_attributes_are_never
     ep = endpoint("db", "postgresql", "postgresql://statements:1/x", server_address="statements", server_port=1)
     literal = "SELECT * FROM t WHERE id = 1"
     op, attributes = _dbapi.prepare(ep, literal, None)
-    assert _dbapi.prepare(ep, literal, None) == (op, attributes) and _dbapi.prepare(ep, literal, None)[1] is attributes
-    assert op.name == "SELECT" and op.subject == "t" and attributes == {"db.query.text": "SELECT * FROM t WHERE id = ?"}
-    batch = _dbapi.prepare(ep, literal, None, batch=3)[1]
-    assert batch == {"db.query.text": "SELECT * FROM t WHERE id = ?", "db.operation.batch.size": 3}
+    again = _dbapi.prepare(ep, literal, None)
+    assert again[0] is op and again[1] is attributes and attributes == {}
+    # the statement's text is the Op's own span attribute (merged once); its metrics are the operation's
+    assert op.name == "SELECT" and op.subject == "t"
+    assert op.span_attributes["db.query.text"] == "SELECT * FROM t WHERE id = ?"
+    plain = ep.op("SELECT", "t")
+    assert "db.query.text" not in plain.span_attributes
+    assert op.outcome(None, None)[1] is plain.outcome(None, None)[1] and op.histogram is plain.histogram
+    batch = _dbapi.prepare(ep, literal, None, batch=3)
+    assert batch[0] is op and batch[1] == {"db.operation.batch.size": 3}
     # parameterised text is kept as is; the parameters only while the setting says so (read per call)
     with_params = "SELECT * FROM t WHERE id = %s"
     settings_env({"INSTRUMENT_CAPTURE_SQL_PARAMETERS": "true"})
-    assert _dbapi.prepare(ep, with_params, (5,))[1] == {"db.query.text": with_params, "db.query.parameter.0": 5}
+    captured = _dbapi.prepare(ep, with_params, (5,))
+    assert captured[0].span_attributes["db.query.text"] == with_params and captured[1] == {"db.query.parameter.0": 5}
     settings_env({})
-    assert _dbapi.prepare(ep, with_params, (5,))[1] == {"db.query.text": with_params}
-    assert _dbapi.prepare(ep, b"SELECT 2", None)[1] == {"db.query.text": "SELECT ?"}  # bytes: described, not kept
-    assert attributes == {"db.query.text": "SELECT * FROM t WHERE id = ?"}  # no call changed the shared dict
+    assert _dbapi.prepare(ep, with_params, (5,))[1] == {}
+    assert _dbapi.prepare(ep, b"SELECT 2", None)[0].span_attributes["db.query.text"] == "SELECT ?"  # bytes: described
+    assert attributes == {} and "db.query.text" not in plain.span_attributes  # no call changed a shared dict
     for i in range(_dbapi._STATEMENTS_MAX + 100):
         _dbapi.prepare(ep, f"SELECT {i}", None)
     assert len(ep.statements) == _dbapi._STATEMENTS_MAX

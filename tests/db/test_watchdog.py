@@ -13,6 +13,11 @@ import pytest
 from instrument import _dbapi
 
 
+def soon(seconds: float) -> float:
+    """A deadline ``seconds`` from now, as the watchdog takes it (``time.monotonic()``)."""
+    return time.monotonic() + seconds
+
+
 @pytest.fixture
 def dog() -> _dbapi._Watchdog:
     return _dbapi._Watchdog()
@@ -35,7 +40,7 @@ class Statement:
 
 def test_a_statement_that_returns_in_time_is_left_alone(dog) -> None:  # type: ignore[no-untyped-def]
     s = Statement()
-    handle = dog.arm(0.05, s.cancel, None, s.abort)
+    handle = dog.arm(soon(0.05), s.cancel, None, s.abort)
     assert dog.disarm(handle) is False
     time.sleep(0.1 + _dbapi.CANCEL_GRACE)
     assert not s.cancelled.is_set() and not s.aborted.is_set()
@@ -44,7 +49,7 @@ def test_a_statement_that_returns_in_time_is_left_alone(dog) -> None:  # type: i
 def test_the_cancel_is_sent_at_the_deadline_and_a_hung_cancel_ends_in_an_abort(dog) -> None:  # type: ignore[no-untyped-def]
     s = Statement(cancel_hangs=True)
     start = time.monotonic()
-    handle = dog.arm(0.05, s.cancel, None, s.abort)
+    handle = dog.arm(soon(0.05), s.cancel, None, s.abort)
     assert s.aborted.wait(2)
     assert 0.05 + _dbapi.CANCEL_GRACE <= time.monotonic() - start < 0.05 + _dbapi.CANCEL_GRACE + 0.5
     assert dog.disarm(handle) is True and dog.disarm(handle) is False  # told once
@@ -53,7 +58,7 @@ def test_the_cancel_is_sent_at_the_deadline_and_a_hung_cancel_ends_in_an_abort(d
 def test_a_statement_that_outlives_its_completed_cancel_is_aborted_late(dog) -> None:  # type: ignore[no-untyped-def]
     s = Statement()
     start = time.monotonic()
-    handle = dog.arm(0.05, s.cancel, None, s.abort)
+    handle = dog.arm(soon(0.05), s.cancel, None, s.abort)
     assert s.cancelled.wait(1)
     assert s.aborted.wait(3)
     assert time.monotonic() - start >= 0.05 + _dbapi.CANCEL_LATE
@@ -62,7 +67,7 @@ def test_a_statement_that_outlives_its_completed_cancel_is_aborted_late(dog) -> 
 
 def test_without_an_abort_only_the_cancel_is_sent(dog) -> None:  # type: ignore[no-untyped-def]
     s = Statement()
-    handle = dog.arm(0.02, s.cancel, None)
+    handle = dog.arm(soon(0.02), s.cancel, None)
     assert s.cancelled.wait(1)
     time.sleep(_dbapi.CANCEL_GRACE + 0.1)
     assert dog.disarm(handle) is False
@@ -76,7 +81,7 @@ def test_an_abort_in_progress_holds_the_statements_return_until_it_is_done(dog) 
         release.wait(5)
 
     s = Statement(cancel_hangs=True)
-    handle = dog.arm(0.01, s.cancel, None, slow_abort)
+    handle = dog.arm(soon(0.01), s.cancel, None, slow_abort)
     assert entered.wait(2)
     result: list[bool] = []
     returning = threading.Thread(target=lambda: result.append(dog.disarm(handle)))
@@ -90,14 +95,14 @@ def test_an_abort_in_progress_holds_the_statements_return_until_it_is_done(dog) 
 
 def test_statements_under_the_same_timeout_do_not_wake_the_thread(dog) -> None:  # type: ignore[no-untyped-def]
     s = Statement()
-    first = dog.arm(5.0, s.cancel, None, s.abort)
+    first = dog.arm(soon(5.0), s.cancel, None, s.abort)
     time.sleep(0.05)  # the thread now sleeps until the first deadline
     notified = []
     real_notify = dog._cond.notify
     dog._cond.notify = lambda *a: (notified.append(1), real_notify(*a))  # type: ignore[method-assign]
-    handles = [dog.arm(5.0, s.cancel, None, s.abort) for _ in range(100)]
+    handles = [dog.arm(soon(5.0), s.cancel, None, s.abort) for _ in range(100)]
     assert notified == []
-    sooner = dog.arm(0.05, s.cancel, None, s.abort)  # an earlier deadline wakes it
+    sooner = dog.arm(soon(0.05), s.cancel, None, s.abort)  # an earlier deadline wakes it
     assert notified == [1] and s.cancelled.wait(1)
     for handle in (first, *handles, sooner):
         dog.disarm(handle)

@@ -209,7 +209,7 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
         ep = _call.endpoint("http", "http", "http://inflight:1")
         ep._in_flight.add(1)
         from instrument import _dbapi
-        _dbapi.watchdog.arm(60.0, print, "a statement of the parent's")  # still running at the fork
+        _dbapi.watchdog.arm(time.monotonic() + 60.0, print, "a statement of the parent's")  # still running at the fork
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -219,7 +219,7 @@ def test_fork_child_gets_its_own_identity_and_fresh_state(receiver):
                 pass
             flushed = tp.force_flush(5000)
             inherited = (len(_dbapi.watchdog._armed), _dbapi.watchdog._thread is None)
-            handle = _dbapi.watchdog.arm(60.0, print, "the child's own")
+            handle = _dbapi.watchdog.arm(time.monotonic() + 60.0, print, "the child's own")
             watchdog = [*inherited, _dbapi.watchdog._thread is not None, _dbapi.watchdog.disarm(handle) is False]
             state = {"watchdog": watchdog, "pid": os.getpid(), "instance": attrs["service.instance.id"], "rpid": attrs["process.pid"],
                      "ppid": attrs.get("process.parent_pid"), "seen": sorted(_safety._seen),
