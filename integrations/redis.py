@@ -266,9 +266,11 @@ def _bounded(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     if not _hooked:
         _hook_connections()
     owner = _running.get()
+    held = getattr(instance, "connection", None)  # a single-connection client, a pipeline that holds one
+    if owner is not None and held is None:
+        return wrapped(*args, **kwargs)  # the common case: the connection hook bounds a pooled connection
     token = _owner.set(object()) if owner is None else None
     owner = owner or _owner.get()
-    held = getattr(instance, "connection", None)  # a single-connection client, a pipeline that holds one
     try:
         if held is not None:
             _bound(held, owner)
@@ -355,7 +357,7 @@ def _socket_timeout(conn: Any, value: float | None) -> None:
 def _connection_hook(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     try:
         at = _deadline.get()
-        owner = (_owner.get() or _running.get()) if at is not None else None
+        owner = (_running.get() or _owner.get()) if at is not None else None  # as _bounded prefers them
         if owner is not None:
             _bound(instance, owner, at)
         elif _SAVED in instance.__dict__:
