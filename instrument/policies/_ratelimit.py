@@ -91,12 +91,19 @@ class RateLimiter(Policy):
             self._sleep(wait)
         return fn(*args, **kwargs)
 
-    async def acall(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    def acall(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Awaitable[Any]:  # type: ignore[override]
+        # A plain function that returns the call's own awaitable when a token is there (the common case):
+        # no coroutine of ours to create and step through, one per layer of a policy stack.
         wait = self.acquire()
-        if wait:
-            if wait < 0:
-                raise self._limited()
-            await self._asleep(wait)
+        if not wait:
+            return fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return self._acall_later(wait, fn, args, kwargs)
+
+    async def _acall_later(self, wait: float, fn: Callable[..., Any], args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> Any:
+        if wait < 0:
+            raise self._limited()
+        await self._asleep(wait)
         return await fn(*args, **kwargs)
 
     def guard(self) -> _Guard:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import sys
-import time
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +29,13 @@ __all__ = ["Timeout", "remaining"]
 
 _ctx_deadline = _context.deadline_var  # set/reset directly: a generator CM costs ~1 µs per call
 _current_task = asyncio.current_task
+_get_ident = threading.get_ident
+# asyncio's own table of the task each running loop is stepping. asyncio.current_task() reads it too, after
+# get_running_loop(), whose fork check is a getpid() system call per call on 3.10-3.11 (a fifth of an async
+# Timeout's cost). A wheel whose loop runs in this thread now (BaseEventLoop._thread_id) reads it directly.
+_tasks_by_loop: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
+if not isinstance(_tasks_by_loop, dict):  # (an implementation without the table: the public path only)
+    _tasks_by_loop = None
 _get_running_loop = asyncio.get_running_loop
 _CancelledError = asyncio.CancelledError
 _HAS_UNCANCEL = sys.version_info >= (3, 11)
@@ -61,12 +68,21 @@ class _Wheel:
     front deadline, cancels what expired and re-arms itself.
     """
 
-    __slots__ = ("armed", "loop", "timers")
+    __slots__ = ("armed", "direct", "loop", "timers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.timers: collections.deque[_Timer] = collections.deque()
         self.armed: float | None = None
+        # the running task can be read from asyncio's table (see _tasks_by_loop): the loop says which thread
+        # runs it (asyncio's own loops do; others, such as uvloop's, take the public path)
+        self.direct = _tasks_by_loop is not None and hasattr(loop, "_thread_id")
+
+    def task(self) -> asyncio.Task[Any] | None:
+        """The task running now, if it runs on this wheel's loop in this thread (else None: ask asyncio)."""
+        if self.direct and self.loop._thread_id == _get_ident():  # type: ignore[attr-defined]
+            return _tasks_by_loop.get(self.loop)  # type: ignore[union-attr,no-any-return]
+        return None
 
     def arm(self, at: float) -> None:
         self.armed = at
@@ -147,11 +163,13 @@ class Timeout(Policy):
         if outer is not None and outer < at:
             return await self._acall_outer(outer, fn, args, kwargs)
         token = _ctx_deadline.set(at)
-        task = _current_task()
-        timer = _Timer(task, at)  # type: ignore[arg-type]
         wheel = self._wheel
-        if wheel is None or wheel.loop is not task.get_loop():  # type: ignore[union-attr]
-            wheel = self._wheel_for(task.get_loop())  # type: ignore[union-attr]
+        task = wheel.task() if wheel is not None else None
+        if task is None:
+            task = _current_task()
+            if wheel is None or wheel.loop is not task.get_loop():  # type: ignore[union-attr]
+                wheel = self._wheel_for(task.get_loop())  # type: ignore[union-attr]
+        timer = _Timer(task, at)  # type: ignore[arg-type]
         timers = wheel.timers
         timers.append(timer)
         if wheel.armed is None:
@@ -171,8 +189,11 @@ class Timeout(Policy):
             raise
         finally:
             timer.done = True
-            if timers and timers[0] is timer:
-                wheel.trim()
+            if timers and timers[0] is timer:  # the common case: calls finish in the order they started
+                timers.popleft()
+                timer.task = None  # type: ignore[assignment]
+                if timers and timers[0].done:
+                    wheel.trim()
             _ctx_deadline.reset(token)
         if timer.fired:  # the call swallowed our cancellation and returned: still a timeout
             if _HAS_UNCANCEL:

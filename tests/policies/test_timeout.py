@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import pytest
@@ -150,6 +151,48 @@ async def test_many_concurrent_timeouts_fire_in_order() -> None:
     assert sum(isinstance(r, DeadlineExceeded) for r in results) == 50
     assert sum(r is None for r in results) == 50
     assert not t._wheel.timers  # nothing left behind
+
+
+@pytest.mark.asyncio
+async def test_the_running_task_is_read_from_asyncios_table_on_its_own_loop() -> None:
+    t = Timeout(1)
+    await t.acall(asyncio.sleep, 0)
+    assert t._wheel is not None and t._wheel.task() is asyncio.current_task()
+
+    async def running() -> asyncio.Task[object] | None:
+        return asyncio.current_task()
+
+    other = asyncio.create_task(t.acall(running))
+    assert await other is other  # another task: its own, on the same wheel
+
+
+def test_a_timeout_last_used_on_a_loop_busy_in_another_thread_cancels_this_threads_task() -> None:
+    """The Timeout remembers the wheel of loop A, whose task is in the middle of a step in another thread;
+    a call on loop B must still be timed and cancelled on B (asyncio's table names A's task right then)."""
+    t = Timeout(0.05)
+    busy, release = threading.Event(), threading.Event()
+
+    async def on_a() -> None:
+        await t.acall(asyncio.sleep, 0)  # the wheel it remembers is A's now
+        busy.set()
+        release.wait(5)  # A's task stays mid-step, blocking its loop
+
+    other = threading.Thread(target=asyncio.run, args=(on_a(),))
+    other.start()
+    try:
+        assert busy.wait(5)
+
+        async def on_b() -> float:
+            began = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                await t.acall(asyncio.sleep, 2)
+            return time.monotonic() - began
+
+        assert asyncio.run(on_b()) < 0.05 + MARGIN
+        assert asyncio.run(on_b()) < 0.05 + MARGIN  # and on a new loop in this thread, B closed
+    finally:
+        release.set()
+        other.join(5)
 
 
 @pytest.mark.asyncio
