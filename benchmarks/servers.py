@@ -30,6 +30,8 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
             writer.write(_RESPONSE)
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
         pass
+    except asyncio.CancelledError:
+        pass  # the server is stopping with a client still connected (3.11's stream callback would print it)
     finally:
         writer.close()
 
