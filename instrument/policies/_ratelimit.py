@@ -36,6 +36,9 @@ class RateLimiter(Policy):
     Raises:
         RateLimited: no token within ``max_wait`` (on a patched client, also the client's own error).
 
+    ``acall`` takes the token when called and returns an awaitable: with a token at hand, the one ``fn``
+    returned (for an ``async def`` function, its coroutine), else a coroutine that waits, then calls.
+
     .. versionadded:: 0.1
     """
 
