@@ -52,6 +52,26 @@ async def test_token_bucket_async(clock) -> None:
         await rl.acall(f)
 
 
+@pytest.mark.asyncio
+async def test_token_bucket_async_waits_for_a_reserved_token(clock) -> None:
+    slept: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    rl = RateLimiter(10, burst=1, max_wait=0.25, clock=clock, asleep=asleep)
+    calls: list[int] = []
+
+    async def f(n: int) -> int:
+        calls.append(n)
+        return n
+
+    assert await rl.acall(f, 1) == 1 and slept == []  # a token at hand: f's own coroutine, nothing around it
+    waiting = rl.acall(f, 2)  # the token is reserved now; the wait and the call happen when awaited
+    assert calls == [1]
+    assert await waiting == 2 and slept == pytest.approx([0.1]) and calls == [1, 2]
+
+
 def test_bulkhead_fail_fast_and_queue() -> None:
     bh = Bulkhead(2, max_queue=1, max_wait=2)
     release = threading.Event()
