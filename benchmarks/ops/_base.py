@@ -76,13 +76,18 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
         unpatch()
         policies.configure("")
 
-    def sampled_out() -> None:
-        tel.sampler.sampled_out(True)
-        patch()
+    def sampled_out(on: Callable[[], None], off: Callable[[], None]) -> tuple[Callable[[], None], Callable[[], None]]:
+        """``on`` and ``off`` with the sampler dropping every trace in between (metrics still on)."""
 
-    def sampled_in() -> None:
-        unpatch()
-        tel.sampler.sampled_out(False)
+        def enter() -> None:
+            tel.sampler.sampled_out(True)
+            on()
+
+        def leave() -> None:
+            off()
+            tel.sampler.sampled_out(False)
+
+        return enter, leave
 
     instrumentor = spec.contrib()
 
@@ -93,14 +98,6 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
     def contrib_off() -> None:
         instrumentor.uninstrument()
 
-    def contrib_sampled_out() -> None:
-        tel.sampler.sampled_out(True)
-        contrib_on()
-
-    def contrib_sampled_in() -> None:
-        contrib_off()
-        tel.sampler.sampled_out(False)
-
     def make() -> Callable[[], Any]:
         return spec.make(ctx)
 
@@ -110,9 +107,9 @@ def variants(spec: OpSpec, ctx: Ctx, tel: Any) -> list[Variant]:
         Variant("A/A", make, is_async=a),
         Variant("ours", make, patch, unpatch, is_async=a),
         Variant("ours+bt", make, with_policies, without_policies, is_async=a),
-        Variant("ours sampled-out", make, sampled_out, sampled_in, is_async=a),
+        Variant("ours sampled-out", make, *sampled_out(patch, unpatch), is_async=a),
         Variant("contrib", make, contrib_on, contrib_off, is_async=a),
-        Variant("contrib sampled-out", make, contrib_sampled_out, contrib_sampled_in, is_async=a),
+        Variant("contrib sampled-out", make, *sampled_out(contrib_on, contrib_off), is_async=a),
         Variant("bare+record", lambda: _recorded(make(), tel, a), is_async=a),
     ]
 
