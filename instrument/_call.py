@@ -239,8 +239,8 @@ class Op:
         self._ok: tuple[dict[str, Any], Any, Any] | None = None  # outcome(None, None), once known
 
     def with_span_attributes(self, extra: Mapping[str, Any]) -> Op:
-        """This operation with span attributes of its own on top (a statement's text, a route's URL): merged
-        and validated once instead of per call. The metrics, and their cached outcomes, stay shared."""
+        """This operation with span attributes of its own on top (a SQL statement's text): merged and
+        validated once instead of per call. The metrics, and their cached outcomes, stay shared."""
         op = Op.__new__(Op)
         for name in Op.__slots__:
             setattr(op, name, getattr(self, name))
@@ -319,8 +319,8 @@ class Endpoint:
     _chain: Any = field(default=None, repr=False)
     _chain_generation: int = field(default=-1, repr=False)
     _in_flight: set[int] = field(default_factory=set, repr=False)
-    # (statement, parameterized, dialect) -> (Op, span attributes): instrument._dbapi.prepare's cache
-    statements: dict[tuple[str, bool, str | None], Op] = field(default_factory=dict, repr=False)  # (instrument._dbapi)
+    # (statement, parameterized, dialect) -> the statement's Op: instrument._dbapi.prepare's cache
+    statements: dict[tuple[str, bool, str | None], Op] = field(default_factory=dict, repr=False)
 
     # -- per operation ---------------------------------------------------------------------------
 
