@@ -1,0 +1,134 @@
+"""An application that drops its clients without closing them keeps no more sockets open under the toolkit
+than without it.
+
+Many applications make a client per call and never close it (``urllib3.PoolManager().request(...)``,
+``redis.Redis().get(...)``, a connection per request): CPython closes its sockets at the client's last
+reference. If a wrapper of ours tied a client into a reference cycle (a wrapper of its own held in its
+``__dict__``, a cached bound method), its sockets would stay open until the cycle collector ran, and an
+application in a loop runs out of file descriptors; if we kept a reference to it, they would never close.
+Each client is dropped unclosed N times, bare and then patched with telemetry, breaker and timeout: the
+descriptors left open with the cycle collector off, and after it ran, must not grow under the toolkit.
+httpx's own client is in a reference cycle, so for it only the second count can tell.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+
+N = 40
+
+
+def _open_fds() -> int:
+    """Open descriptors, once the test server's threads have closed their ends of the closed connections."""
+    count, deadline = len(os.listdir("/proc/self/fd")), time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = len(os.listdir("/proc/self/fd"))
+        if now == count:
+            break
+        count = now
+    return count
+
+
+def _left_open(call: Callable[[], Any]) -> tuple[int, int]:
+    """Descriptors still open after N calls that each make a client, use it once and drop it unclosed: with the
+    cycle collector off, and after it ran."""
+    call()  # first-use work (imports, caches, connection to the test's own server) happens outside the count
+    gc.collect()
+    gc.disable()
+    try:
+        before = _open_fds()
+        for _ in range(N):
+            call()
+        left = _open_fds() - before
+    finally:
+        gc.enable()
+    gc.collect()
+    return left, _open_fds() - before
+
+
+def _assert_no_more_left_open(bare: tuple[int, int], ours: tuple[int, int]) -> None:
+    assert ours[0] <= bare[0], f"{ours[0]} descriptors left open by {N} unclosed clients under the toolkit, " \
+                               f"{bare[0]} without (a reference cycle of ours)"
+    assert ours[1] <= bare[1], f"{ours[1]} descriptors still open after a collection under the toolkit, " \
+                               f"{bare[1]} without (a reference of ours keeps the clients)"
+
+
+def _urllib3(url: str) -> Callable[[], Any]:
+    import urllib3
+
+    return lambda: urllib3.PoolManager().request("GET", url, retries=False)
+
+
+def _requests(url: str) -> Callable[[], Any]:
+    import requests
+
+    return lambda: requests.Session().get(url)
+
+
+def _httpx(url: str) -> Callable[[], Any]:
+    import httpx
+
+    return lambda: httpx.Client().get(url)
+
+
+def _redis(host: str, port: int) -> Callable[[], Any]:
+    import redis
+
+    return lambda: redis.Redis(host=host, port=port).get("instrument-test-unclosed")
+
+
+def _psycopg(host: str, port: int) -> Callable[[], Any]:
+    import psycopg
+
+    return lambda: psycopg.connect(host=host, port=port, dbname="test", user="postgres").execute("SELECT 1")
+
+
+def _pymysql(host: str, port: int) -> Callable[[], Any]:
+    import pymysql
+
+    return lambda: pymysql.connect(host=host, port=port, user="root", database="test").cursor().execute("SELECT 1")
+
+
+@pytest.fixture
+def policies_on() -> Iterator[None]:
+    from instrument import policies
+
+    policies.configure("*=timeout(5s),breaker")
+    yield
+    policies.configure("")
+
+
+@pytest.mark.parametrize(("integration", "make"), [("urllib3", _urllib3), ("requests", _requests), ("httpx", _httpx)])
+def test_an_http_client_dropped_unclosed_closes_its_sockets(tel, patched, policies_on, upstream, integration,
+                                                           make) -> None:  # type: ignore[no-untyped-def]
+    call = make(upstream.url + "/ok")
+    bare = _left_open(call)
+    patched(integration)
+    ours = _left_open(call)
+    assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
+    _assert_no_more_left_open(bare, ours)
+
+
+@pytest.mark.parametrize(("integration", "service", "make"), [
+    ("redis", "redis_service", _redis),
+    ("psycopg", "postgresql", _psycopg),
+    ("pymysql", "mariadb", _pymysql),
+])
+def test_a_database_client_dropped_unclosed_closes_its_socket(request, tel, patched, policies_on, integration,
+                                                              service, make) -> None:  # type: ignore[no-untyped-def]
+    host, port = request.getfixturevalue(service)
+    call = make(host, port)
+    bare = _left_open(call)
+    patched(integration)
+    ours = _left_open(call)
+    assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
+    _assert_no_more_left_open(bare, ours)
