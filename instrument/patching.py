@@ -12,7 +12,9 @@ through it). Objects that cannot hold one (no ``__dict__``, not weakly reference
 override the method keep the class-level wrapper; ``revert`` removes the objects' wrappers too. Only for
 such objects: the wrapper refers to its object, so an object dropped without being closed is freed by the
 cycle collector rather than at its last reference (a connection an application forgets to close would keep
-its socket until then).
+its socket until then). Not for clients that applications make per call and drop unclosed: urllib3's pools
+and httpx's transports would each save 2.5-4 µs a request, but 3,000 ``urllib3.PoolManager().request()``
+calls then left 5,909 descriptors open instead of 8 (tests/hardening/test_unclosed_clients.py).
 """
 
 from __future__ import annotations
