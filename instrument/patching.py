@@ -130,7 +130,9 @@ class _PerInstance:
         self.original = original
         self.wrapper = wrapper
         self.installed: Any = None
-        self.held: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # object -> its wrapper
+        # The objects given a wrapper, for revert. Weakly, and without their wrappers: a wrapper refers to its
+        # object, so a table holding it (a WeakKeyDictionary's value) would keep the object alive for good.
+        self.held: weakref.WeakSet[Any] = weakref.WeakSet()
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
         self.lock = threading.Lock()  # an object's first call against revert's strip
 
@@ -157,20 +159,21 @@ class _PerInstance:
             if _PerInstance.owners.get(id(self.installed)) is not self:  # reverted meanwhile
                 return
             try:
-                self.held[instance] = own  # first: an object revert could not find again gets none
+                self.held.add(instance)  # first: an object revert could not find again gets none
             except TypeError:  # not weakly referenceable, or not hashable
                 self.eligible[cls] = False
                 return
             try:
                 instance.__dict__[self.name] = own
             except (TypeError, AttributeError):  # a __dict__ that refuses it
-                del self.held[instance]
+                self.held.discard(instance)
                 self.eligible[cls] = False
 
     def strip(self) -> None:
         with self.lock:
-            for instance, own in list(self.held.items()):
+            for instance in list(self.held):
                 state = getattr(instance, "__dict__", None)
-                if state is not None and state.get(self.name) is own:
+                own = state.get(self.name) if state is not None else None
+                if getattr(own, "_self_wrapper", None) is self.wrapper:  # (not something the object set itself)
                     del state[self.name]
             self.held.clear()

@@ -4,8 +4,10 @@ takes every one of them away."""
 
 from __future__ import annotations
 
+import gc
 import sys
 import types
+import weakref
 from typing import Any
 
 import pytest
@@ -107,3 +109,31 @@ def test_a_call_through_the_class_keeps_the_object_s_wrapper(target) -> None:  #
     own = vars(pool)["getconn"]
     assert Pool.getconn(pool, 8.0) == (pool, 8.0) and vars(pool)["getconn"] is own
     assert seen[-1] == (pool, (8.0,))
+
+
+def test_an_object_with_its_own_wrapper_is_freed_once_unreachable(target) -> None:  # type: ignore[no-untyped-def]
+    """Its wrapper refers to it (a cycle the collector frees); nothing of ours may keep it beyond that."""
+    found, seen = target
+    pool = Pool()
+    pool.getconn()
+    assert "getconn" in vars(pool)
+    gone = weakref.ref(pool)
+    seen.clear()  # (the fixture's wrapper keeps the objects it saw)
+    del pool
+    gc.collect()
+    assert gone() is None
+    patching.revert((found,))  # with no object left to strip
+    assert not patching.is_patched(found)
+
+
+def test_revert_leaves_a_method_the_object_set_itself(target) -> None:  # type: ignore[no-untyped-def]
+    found, _seen = target
+    pool = Pool()
+    pool.getconn()
+
+    def own_getconn(timeout: float | None = None) -> str:
+        return "its own"
+
+    pool.getconn = own_getconn  # type: ignore[method-assign]
+    patching.revert((found,))
+    assert pool.getconn() == "its own"

@@ -8,7 +8,8 @@ reference. If a wrapper of ours tied a client into a reference cycle (a wrapper 
 application in a loop runs out of file descriptors; if we kept a reference to it, they would never close.
 Each client is dropped unclosed N times, bare and then patched with telemetry, breaker and timeout: the
 descriptors left open with the cycle collector off, and after it ran, must not grow under the toolkit.
-httpx's own client is in a reference cycle, so for it only the second count can tell.
+httpx's client, a SQLAlchemy engine and pika's connection are in reference cycles of their own, so for them only
+the second count can tell (the engine's pool, and pika's channels, get wrappers of their own).
 """
 
 from __future__ import annotations
@@ -98,6 +99,23 @@ def _pymysql(host: str, port: int) -> Callable[[], Any]:
     return lambda: pymysql.connect(host=host, port=port, user="root", database="test").cursor().execute("SELECT 1")
 
 
+def _sqlalchemy(host: str, port: int) -> Callable[[], Any]:
+    import sqlalchemy
+
+    url = f"postgresql+psycopg://postgres@{host}:{port}/test"
+    return lambda: sqlalchemy.create_engine(url).connect().execute(sqlalchemy.text("SELECT 1"))
+
+
+def _pika(host: str, port: int) -> Callable[[], Any]:
+    import pika
+
+    def call() -> None:
+        channel = pika.BlockingConnection(pika.ConnectionParameters(host, port)).channel()
+        channel.basic_publish("", "instrument-test-unclosed", b"x")  # no such queue: the broker drops it
+
+    return call
+
+
 @pytest.fixture
 def policies_on() -> Iterator[None]:
     from instrument import policies
@@ -122,13 +140,16 @@ def test_an_http_client_dropped_unclosed_closes_its_sockets(tel, patched, polici
     ("redis", "redis_service", _redis),
     ("psycopg", "postgresql", _psycopg),
     ("pymysql", "mariadb", _pymysql),
+    ("sqlalchemy,psycopg", "postgresql", _sqlalchemy),  # the statement's span is psycopg's
+    ("pika", "rabbitmq", _pika),
 ])
-def test_a_database_client_dropped_unclosed_closes_its_socket(request, tel, patched, policies_on, integration,
+def test_a_database_or_queue_client_dropped_unclosed_closes_its_socket(request, tel, patched, policies_on, integration,
                                                               service, make) -> None:  # type: ignore[no-untyped-def]
     host, port = request.getfixturevalue(service)
     call = make(host, port)
     bare = _left_open(call)
-    patched(integration)
+    for name in integration.split(","):
+        patched(name)
     ours = _left_open(call)
     assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
     _assert_no_more_left_open(bare, ours)
