@@ -9,7 +9,7 @@ application in a loop runs out of file descriptors; if we kept a reference to it
 Each client is dropped unclosed N times, bare and then patched with telemetry, breaker and timeout: the
 descriptors left open with the cycle collector off, and after it ran, must not grow under the toolkit.
 httpx's client, a SQLAlchemy engine and pika's connection are in reference cycles of their own, so for them only
-the second count can tell (the engine's pool, and pika's channels, get wrappers of their own).
+the second count can tell (the engine's pool gets a wrapper of its own: patching's per_instance).
 """
 
 from __future__ import annotations
