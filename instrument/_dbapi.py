@@ -295,13 +295,7 @@ class _Watchdog:
             with cond:
                 self._wake_at = math.inf  # before the scan: an arm after it sees inf (or less) and notifies
                 now = time.monotonic()
-                due: list[tuple[int, _Armed]] = []
-                soonest = math.inf
-                for handle, armed in list(self._armed.items()):  # a copy: statements come and go meanwhile
-                    if armed.at <= now:
-                        due.append((handle, armed))
-                    elif armed.at < soonest:
-                        soonest = armed.at
+                due, soonest = self._scan(now)
                 if not due:
                     if soonest == math.inf:
                         if not cond.wait(30.0) and not self._armed:
@@ -311,8 +305,24 @@ class _Watchdog:
                     self._wake_at = soonest
                     cond.wait(soonest - now)
                     continue
-            for handle, armed in due:
-                self._act(handle, armed)
+            self._act_on(due)  # (the next scan replaces ``due`` before the thread sleeps again)
+
+    def _scan(self, now: float) -> tuple[list[tuple[int, _Armed]], float]:
+        """The statements due at ``now``, and the soonest deadline of the others. This and :meth:`_act_on` are
+        methods of their own so that no statement (and its connection) stays referenced from the loop's locals
+        while the thread sleeps: an application's connection dropped unclosed would keep its socket."""
+        due: list[tuple[int, _Armed]] = []
+        soonest = math.inf
+        for handle, armed in list(self._armed.items()):  # a copy: statements come and go meanwhile
+            if armed.at <= now:
+                due.append((handle, armed))
+            elif armed.at < soonest:
+                soonest = armed.at
+        return due, soonest
+
+    def _act_on(self, due: list[tuple[int, _Armed]]) -> None:
+        for handle, armed in due:
+            self._act(handle, armed)
 
     def _act(self, handle: int, armed: _Armed) -> None:
         if armed.step == "cancel":

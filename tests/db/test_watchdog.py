@@ -4,8 +4,10 @@ statements under the same Timeout. Real threads and time; the cancel and abort a
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -106,3 +108,24 @@ def test_statements_under_the_same_timeout_do_not_wake_the_thread(dog) -> None: 
     assert notified == [1] and s.cancelled.wait(1)
     for handle in (first, *handles, sooner):
         dog.disarm(handle)
+
+
+class Connection:  # the watchdog's target: anything weakly referenceable
+    pass
+
+
+@pytest.mark.parametrize("acted", [False, True], ids=["returned in time", "cancelled"])
+def test_the_sleeping_thread_keeps_no_statement_s_connection(dog, acted) -> None:  # type: ignore[no-untyped-def]
+    """The thread saw the statement (scanned, or cancelled it) and sleeps on: once the statement returned, its
+    connection is the application's alone (dropped unclosed, it must close, not wait for the next wake-up)."""
+    s = Statement()
+    conn = Connection()
+    gone = weakref.ref(conn)
+    handle = dog.arm(soon(0.01 if acted else 5.0), s.cancel, conn)
+    if acted:
+        assert s.cancelled.wait(1)
+    time.sleep(0.05)  # the thread scanned, saw this statement, and sleeps (a disarm does not wake it)
+    dog.disarm(handle)
+    del conn
+    gc.collect()
+    assert gone() is None

@@ -93,6 +93,12 @@ def _psycopg(host: str, port: int) -> Callable[[], Any]:
     return lambda: psycopg.connect(host=host, port=port, dbname="test", user="postgres").execute("SELECT 1")
 
 
+def _psycopg2(host: str, port: int) -> Callable[[], Any]:
+    import psycopg2
+
+    return lambda: psycopg2.connect(host=host, port=port, dbname="test", user="postgres").cursor().execute("SELECT 1")
+
+
 def _pymysql(host: str, port: int) -> Callable[[], Any]:
     import pymysql
 
@@ -139,6 +145,7 @@ def test_an_http_client_dropped_unclosed_closes_its_sockets(tel, patched, polici
 @pytest.mark.parametrize(("integration", "service", "make"), [
     ("redis", "redis_service", _redis),
     ("psycopg", "postgresql", _psycopg),
+    ("psycopg2", "postgresql", _psycopg2),
     ("pymysql", "mariadb", _pymysql),
     ("sqlalchemy,psycopg", "postgresql", _sqlalchemy),  # the statement's span is psycopg's
     ("pika", "rabbitmq", _pika),
