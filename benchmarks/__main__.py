@@ -220,6 +220,7 @@ def run_startup(args: argparse.Namespace) -> tuple[Table, float]:
                   ["configuration", "median", "min", "max"])
     for name, s in res.items():
         table.add(name, f"{s['median']:.1f}", f"{s['min']:.1f}", f"{s['max']:.1f}")
+    table.notes.append(f"the toolkit {startup.python()[1]}")
     if not args.quick:
         table.notes.append("slowest cumulative imports (-X importtime, exporters none): " + ", ".join(
             f"{name.strip()} {ms:.0f} ms" for ms, name in startup.top_imports(8)))
