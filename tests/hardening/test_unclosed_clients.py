@@ -9,14 +9,18 @@ application in a loop runs out of file descriptors; if we kept a reference to it
 Each client is dropped unclosed N times, bare and then patched with telemetry, breaker and timeout: the
 descriptors left open with the cycle collector off, and after it ran, must not grow under the toolkit.
 httpx's client, a SQLAlchemy engine and pika's connection are in reference cycles of their own, so for them only
-the second count can tell (the engine's pool gets a wrapper of its own: patching's per_instance).
+the second count can tell (the engine's pool gets a wrapper of its own: patching's per_instance). The async
+clients and those with helper threads of their own (sqlite3, paho-mqtt, kombu, aiohttp, httpx, redis.asyncio,
+asyncpg, psycopg, aio-pika, nats) are checked on the objects themselves: used, dropped, freed by a collection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -160,3 +164,101 @@ def test_a_database_or_queue_client_dropped_unclosed_closes_its_socket(request, 
     ours = _left_open(call)
     assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
     _assert_no_more_left_open(bare, ours)
+
+
+# -- nothing of ours keeps a client alive, checked on the object itself: for async clients and clients with helper
+# threads of their own, whose descriptors cannot be counted the same way
+
+
+def _freed(make: Callable[[], Any]) -> bool:
+    """True when the client ``make()`` returns (used, and dropped by it) is freed by a collection."""
+    gone = weakref.ref(make())
+    gc.collect()
+    return gone() is None
+
+
+def _sqlite3() -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("SELECT 1")
+    return conn
+
+
+def _paho(host: str, port: int) -> Any:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(host, port)
+    client.loop_start()
+    client.publish("instrument-test-unclosed", b"x", qos=1).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+    return client
+
+
+def _kombu(host: str, port: int) -> Any:
+    import kombu
+
+    conn = kombu.Connection(f"amqp://guest:guest@{host}:{port}//")
+    conn.Producer().publish({"x": 1}, routing_key="instrument-test-unclosed")
+    conn.release()
+    return conn
+
+
+async def _async_clients(url: str, pg: tuple[str, int], redis_at: tuple[str, int], amqp: tuple[str, int],
+                         nats_at: tuple[str, int]) -> dict[str, weakref.ref[Any]]:
+    import aio_pika
+    import aiohttp
+    import asyncpg
+    import httpx
+    import nats
+    import psycopg
+    import redis.asyncio as aredis
+
+    made: dict[str, weakref.ref[Any]] = {}
+    session = aiohttp.ClientSession()
+    async with session.get(url) as response:
+        await response.read()
+    await session.close()
+    made["aiohttp"] = weakref.ref(session)
+    client = httpx.AsyncClient()
+    await client.get(url)
+    await client.aclose()
+    made["httpx"] = weakref.ref(client)
+    r = aredis.Redis(host=redis_at[0], port=redis_at[1])
+    await r.get("instrument-test-unclosed")
+    await r.aclose()
+    made["redis"] = weakref.ref(r)
+    pg_conn = await asyncpg.connect(host=pg[0], port=pg[1], user="postgres", database="test")
+    await pg_conn.fetch("SELECT 1")  # left open: asyncpg closes an unreferenced connection itself
+    made["asyncpg"] = weakref.ref(pg_conn)
+    aconn = await psycopg.AsyncConnection.connect(host=pg[0], port=pg[1], user="postgres", dbname="test")
+    await aconn.execute("SELECT 1")
+    await aconn.close()
+    made["psycopg"] = weakref.ref(aconn)
+    amqp_conn = await aio_pika.connect(f"amqp://guest:guest@{amqp[0]}:{amqp[1]}/")
+    channel = await amqp_conn.channel()
+    await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key="instrument-test-unclosed")
+    await amqp_conn.close()
+    made["aio_pika"] = weakref.ref(amqp_conn)
+    nc = await nats.connect(f"nats://{nats_at[0]}:{nats_at[1]}")
+    await nc.publish("instrument-test-unclosed", b"x")
+    await nc.flush()
+    await nc.close()
+    made["nats"] = weakref.ref(nc)
+    return made
+
+
+def test_no_client_is_kept_alive_by_the_toolkit(tel, patched, policies_on, upstream, postgresql, redis_service,
+                                                rabbitmq, mosquitto, nats_service) -> None:  # type: ignore[no-untyped-def]
+    for name in ("sqlite3", "paho_mqtt", "kombu", "aiohttp", "httpx", "redis", "asyncpg", "psycopg", "aio_pika",
+                 "nats"):
+        patched(name)
+    kept = [name for name, make in (("sqlite3", _sqlite3), ("paho-mqtt", lambda: _paho(*mosquitto)),
+                                    ("kombu", lambda: _kombu(*rabbitmq))) if not _freed(make)]
+    made = asyncio.run(_async_clients(upstream.url + "/ok", postgresql, redis_service, rabbitmq, nats_service))
+    gc.collect()
+    kept += [f"{name} (async)" for name, gone in made.items() if gone() is not None]
+    assert len(tel.spans()) >= 10, "too few spans: the clients did not run under the toolkit"
+    assert kept == []
