@@ -231,7 +231,7 @@ async def _async_clients(url: str, pg: tuple[str, int], redis_at: tuple[str, int
     await r.aclose()
     made["redis"] = weakref.ref(r)
     pg_conn = await asyncpg.connect(host=pg[0], port=pg[1], user="postgres", database="test")
-    await pg_conn.fetch("SELECT 1")  # left open: asyncpg closes an unreferenced connection itself
+    await pg_conn.fetch("SELECT 1")  # left open, as applications do
     made["asyncpg"] = weakref.ref(pg_conn)
     aconn = await psycopg.AsyncConnection.connect(host=pg[0], port=pg[1], user="postgres", dbname="test")
     await aconn.execute("SELECT 1")
