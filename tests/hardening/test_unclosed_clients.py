@@ -60,6 +60,15 @@ def _left_open(call: Callable[[], Any]) -> tuple[int, int]:
     return left, _open_fds() - before
 
 
+def _compare(call: Callable[[], Any], tel: Any, patch: Callable[[], Any]) -> None:
+    """``call`` bare, then patched by ``patch()``: no more descriptors left open under the toolkit."""
+    bare = _left_open(call)
+    patch()
+    ours = _left_open(call)
+    assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
+    _assert_no_more_left_open(bare, ours)
+
+
 def _assert_no_more_left_open(bare: tuple[int, int], ours: tuple[int, int]) -> None:
     assert ours[0] <= bare[0], f"{ours[0]} descriptors left open by {N} unclosed clients under the toolkit, " \
                                f"{bare[0]} without (a reference cycle of ours)"
@@ -138,12 +147,7 @@ def policies_on() -> Iterator[None]:
 @pytest.mark.parametrize(("integration", "make"), [("urllib3", _urllib3), ("requests", _requests), ("httpx", _httpx)])
 def test_an_http_client_dropped_unclosed_closes_its_sockets(tel, patched, policies_on, upstream, integration,
                                                            make) -> None:  # type: ignore[no-untyped-def]
-    call = make(upstream.url + "/ok")
-    bare = _left_open(call)
-    patched(integration)
-    ours = _left_open(call)
-    assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
-    _assert_no_more_left_open(bare, ours)
+    _compare(make(upstream.url + "/ok"), tel, lambda: patched(integration))
 
 
 @pytest.mark.parametrize(("integration", "service", "make"), [
@@ -156,14 +160,7 @@ def test_an_http_client_dropped_unclosed_closes_its_sockets(tel, patched, polici
 ])
 def test_a_database_or_queue_client_dropped_unclosed_closes_its_socket(request, tel, patched, policies_on, integration,
                                                               service, make) -> None:  # type: ignore[no-untyped-def]
-    host, port = request.getfixturevalue(service)
-    call = make(host, port)
-    bare = _left_open(call)
-    for name in integration.split(","):
-        patched(name)
-    ours = _left_open(call)
-    assert tel.spans(), "the patched calls made no span: the comparison would prove nothing"
-    _assert_no_more_left_open(bare, ours)
+    _compare(make(*request.getfixturevalue(service)), tel, lambda: [patched(n) for n in integration.split(",")])
 
 
 # -- nothing of ours keeps a client alive, checked on the object itself: for async clients and clients with helper
