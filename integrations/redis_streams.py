@@ -126,9 +126,10 @@ def _describe_xadd(client: Any, args: tuple[Any, ...]) -> Command | None:
 
 
 def _carry(args: tuple[Any, ...], carrier: dict[str, str]) -> tuple[Any, ...]:
-    """The entry's fields come last, so the context's fields are appended after the application's."""
-    for field in carrier.items():
-        args += field
+    """The entry's fields come last, so the context's fields are appended after the application's. As bytes:
+    redis-py's encoder hands bytes on as they are, where a str takes four type checks and an encode."""
+    for name, value in carrier.items():
+        args += (name.encode(), value.encode())
     return args
 
 
