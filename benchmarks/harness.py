@@ -91,26 +91,43 @@ class Result:
 
     def ratio_interval(self, name: str, reference: str, *, level: float = 0.9,
                        resamples: int = 2000) -> tuple[float, float] | None:
-        """A bootstrap interval of :meth:`ratio`: the rounds resampled with replacement (each round keeps
-        its pairing: both overheads are against that round's bare call). How far this run's ratio could be
-        moved by its own noise; None when too few rounds."""
+        """A bootstrap interval of :meth:`ratio`: how far this run's ratio could be moved by its own noise;
+        None when too few rounds."""
+        def ratio(sample: list[tuple[float, float]]) -> float | None:
+            ref = statistics.median(r for _, r in sample)
+            return statistics.median(v for v, _ in sample) / ref if ref > 0 else None
+
+        return self._bootstrap(name, reference, ratio, level, resamples)
+
+    def difference(self, name: str, reference: str) -> Stats:
+        """Per round, ``name`` minus ``reference`` (both timed in that round)."""
+        return Stats.of([v - r for v, r in zip(self.per_call[name], self.per_call[reference])])
+
+    def difference_interval(self, name: str, reference: str, *, level: float = 0.9,
+                            resamples: int = 2000) -> tuple[float, float] | None:
+        """A bootstrap interval of the median of :meth:`difference`; None when too few rounds."""
+        return self._bootstrap(name, reference, lambda sample: statistics.median(v - r for v, r in sample),
+                               level, resamples)
+
+    def _bootstrap(self, name: str, reference: str, statistic: Callable[[list[tuple[float, float]]], float | None],
+                   level: float, resamples: int) -> tuple[float, float] | None:
+        """The rounds resampled with replacement, each keeping its pairing (both overheads are against that
+        round's bare call), and ``statistic`` taken of every resample: its central ``level`` interval."""
         base = self.per_call[self.bare]
         pairs = [(v - b, r - b) for v, r, b in zip(self.per_call[name], self.per_call[reference], base)]
         if len(pairs) < 5:
             return None
         rng = random.Random(0)  # the same run gives the same interval
-        ratios = []
+        values = []
         for _ in range(resamples):
-            sample = rng.choices(pairs, k=len(pairs))
-            ref = statistics.median(r for _, r in sample)
-            if ref > 0:
-                ratios.append(statistics.median(v for v, _ in sample) / ref)
-        if len(ratios) < resamples // 2:
+            value = statistic(rng.choices(pairs, k=len(pairs)))
+            if value is not None:
+                values.append(value)
+        if len(values) < resamples // 2:
             return None
-        ratios.sort()
+        values.sort()
         tail = (1 - level) / 2
-        return ratios[int(tail * len(ratios))], ratios[int((1 - tail) * len(ratios)) - 1]
-
+        return values[int(tail * len(values))], values[int((1 - tail) * len(values)) - 1]
 
 CLOCKS = ("cpu", "wall")
 BLOCK_STAT = ["min"]  # of a block's individually timed calls: "median" or "min" (python -m benchmarks --block)

@@ -26,7 +26,7 @@ def test_quick_run_prints_every_table() -> None:
         assert column in header
     assert sum(line.startswith("requests GET") for line in text.splitlines()) == 2, text  # both tables
     sampled = next(line for line in text.splitlines() if line.startswith("operation") and "bare+record" in line)
-    for column in ("ours Δ", "contrib Δ", "ours/contrib", "bare+record Δ", "allowance"):
+    for column in ("ours Δ", "contrib Δ", "ours/contrib", "bare+record Δ", "ours − record"):
         assert column in sampled
     for title in ("Sampled out", "SDK floor", "Policy success path", "import instrument.auto", "Memory", "Targets"):
         assert title in text, text
@@ -125,3 +125,33 @@ def test_opcodes_are_counted_by_function() -> None:
     assert "instrument/_call.py:call" in ours_text and "instrument/_call.py" not in bare_text, ours_text
     assert "urllib3/connectionpool.py:urlopen" in bare_text, bare_text
     assert ours > bare > 1000, (bare, ours)
+
+
+def test_paired_statistics_and_the_sampled_out_verdict() -> None:
+    """The sampled-out target is read against one record timed in the same rounds: per round, ours minus
+    bare+record, its median within 10 µs, with a bootstrap interval; the ratio's interval shares the resampling."""
+    from benchmarks.__main__ import sampled_out_verdict
+    from benchmarks.harness import Result, Stats
+
+    rounds = 9
+    res = Result("op", {"bare": [100.0] * rounds, "bare+record": [110.0] * rounds,
+                        "ours sampled-out": [112.0 + i for i in range(rounds)]})  # 2..10 µs beyond the record
+    excess = res.difference("ours sampled-out", "bare+record")
+    assert (excess.min, excess.median, excess.max) == (2.0, 6.0, 10.0)
+    low, high = res.difference_interval("ours sampled-out", "bare+record")
+    assert 2.0 <= low <= 6.0 <= high <= 10.0 and low < high
+    assert res.ratio("ours sampled-out", "bare+record") == 1.6
+    low, high = res.ratio_interval("ours sampled-out", "bare+record")
+    assert 1.2 <= low <= 1.6 <= high <= 2.0
+    assert Result("op", {"bare": [1.0] * 4, "x": [2.0] * 4}).difference_interval("x", "bare") is None  # too few
+
+    def verdict(ours: float) -> str:
+        summary = {"op": "requests GET", "sampled_out": Stats(0, ours, 0), "record": Stats(0, 20.0, 0),
+                   "excess": Stats(0, ours - 20.0, 0), "excess_interval": (ours - 21.0, ours - 19.0),
+                   "contrib_sampled_out": Stats(0, 100.0, 0), "ratio_sampled_out": ours / 100.0}
+        return sampled_out_verdict(summary, 7.8)
+
+    assert verdict(29.9).startswith("MET  sampled-out requests GET: 29.9 µs = one SDK record in this call (20.0 µs) "
+                                    "+9.9 µs"), verdict(29.9)
+    assert verdict(30.1).startswith("MISS"), verdict(30.1)
+    assert "against the record's loop figure: <= 17.8 µs" in verdict(29.9)
