@@ -129,6 +129,7 @@ class Result:
         tail = (1 - level) / 2
         return values[int(tail * len(values))], values[int((1 - tail) * len(values)) - 1]
 
+
 CLOCKS = ("cpu", "wall")
 BLOCK_STAT = ["min"]  # of a block's individually timed calls: "median" or "min" (python -m benchmarks --block)
 # Untimed µs of spinning before each individually timed call (python -m benchmarks --pause). Back to back, a
