@@ -4,17 +4,14 @@
 already wrapped by us is left alone); ``revert(TARGETS)`` restores the original via ``__wrapped__``,
 as wrapt has no unwrap. Both read the same table, so they cannot drift apart.
 
-A method called over and over on objects that live as long as the application (a connection pool's
-``getconn``) can be marked ``per_instance``: each object then gets, at its first call, a wrapper of its own
-(wrapt around the method bound to it, in the object's ``__dict__``), so later calls skip what a class-level
-wrapper costs on every call: binding it to the object (about 4k instructions a call here, more than the call
-through it). Objects that cannot hold one (no ``__dict__``, not weakly referenceable) and classes that
-override the method keep the class-level wrapper; ``revert`` removes the objects' wrappers too. Only for
-such objects: the wrapper refers to its object, so an object dropped without being closed is freed by the
-cycle collector rather than at its last reference (a connection an application forgets to close would keep
-its socket until then). Not for clients that applications make per call and drop unclosed: urllib3's pools
-and httpx's transports would each save 2.5-4 µs a request, but 3,000 ``urllib3.PoolManager().request()``
-calls then left 5,909 descriptors open instead of 8 (tests/hardening/test_unclosed_clients.py).
+A method called over and over on the same objects (a connection pool's ``getconn``, an HTTP client's
+transport) can be marked ``per_instance``: each object then gets, at its first call, a wrapper of its own in
+its ``__dict__``, so later calls skip what a class-level wrapper costs on every call: wrapt binding it to the
+object (about 4k instructions and 1.5-2 µs of a real request here, more than the call through it). That
+wrapper refers to its object weakly, so an object an application drops without closing it is freed at its
+last reference, as without us (tests/hardening/test_unclosed_clients.py counts the descriptors). Objects
+that cannot hold one (no ``__dict__``, not weakly referenceable) and classes that override the method keep
+the class-level wrapper; ``revert`` removes the objects' wrappers too.
 """
 
 from __future__ import annotations
@@ -120,6 +117,30 @@ def revert(targets: Iterable[Target]) -> None:
                 owners.strip()
 
 
+class _Own:
+    """An object's own wrapper (see :class:`_PerInstance`): calls ``wrapper`` with the method bound to the
+    object, as the class-level wrapper would, holding the object by a weak reference only. Anything else
+    (``__name__``, ``__self__``, ``__wrapped__`` ...) is the bound method's."""
+
+    __slots__ = ("ref", "original", "wrapper")
+
+    def __init__(self, ref: weakref.ref[Any], original: types.FunctionType, wrapper: Callable[..., Any]) -> None:
+        self.ref = ref
+        self.original = original
+        self.wrapper = wrapper
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        instance = self.ref()
+        return self.wrapper(self.original.__get__(instance), instance, args, kwargs)
+
+    @property
+    def __wrapped__(self) -> Any:
+        return self.original.__get__(self.ref())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+
 class _PerInstance:
     """A class-level wrapper that, on an object's first call, gives the object a wrapper of its own."""
 
@@ -130,9 +151,7 @@ class _PerInstance:
         self.original = original
         self.wrapper = wrapper
         self.installed: Any = None
-        # The objects given a wrapper, for revert. Weakly, and without their wrappers: a wrapper refers to its
-        # object, so a table holding it (a WeakKeyDictionary's value) would keep the object alive for good.
-        self.held: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.held: weakref.WeakSet[Any] = weakref.WeakSet()  # the objects given a wrapper, for revert
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
         self.lock = threading.Lock()  # an object's first call against revert's strip
 
@@ -154,11 +173,11 @@ class _PerInstance:
                                              and hasattr(instance, "__dict__"))
         if not eligible or self.name in instance.__dict__:  # (called through the class: it has its own already)
             return
-        own = wrapt.FunctionWrapper(self.original.__get__(instance, cls), self.wrapper)
         with self.lock:
             if _PerInstance.owners.get(id(self.installed)) is not self:  # reverted meanwhile
                 return
             try:
+                own = _Own(weakref.ref(instance), self.original, self.wrapper)
                 self.held.add(instance)  # first: an object revert could not find again gets none
             except TypeError:  # not weakly referenceable, or not hashable
                 self.eligible[cls] = False
@@ -174,6 +193,6 @@ class _PerInstance:
             for instance in list(self.held):
                 state = getattr(instance, "__dict__", None)
                 own = state.get(self.name) if state is not None else None
-                if getattr(own, "_self_wrapper", None) is self.wrapper:  # (not something the object set itself)
+                if own.__class__ is _Own and own.wrapper is self.wrapper:  # (not something the object set itself)
                     del state[self.name]
             self.held.clear()

@@ -5,6 +5,7 @@ takes every one of them away."""
 from __future__ import annotations
 
 import gc
+import inspect
 import sys
 import types
 import weakref
@@ -111,19 +112,34 @@ def test_a_call_through_the_class_keeps_the_object_s_wrapper(target) -> None:  #
     assert seen[-1] == (pool, (8.0,))
 
 
-def test_an_object_with_its_own_wrapper_is_freed_once_unreachable(target) -> None:  # type: ignore[no-untyped-def]
-    """Its wrapper refers to it (a cycle the collector frees); nothing of ours may keep it beyond that."""
+def test_an_object_with_its_own_wrapper_is_freed_at_its_last_reference(target) -> None:  # type: ignore[no-untyped-def]
+    """Its wrapper refers to it weakly: no cycle, so it goes with its last reference, the cycle collector off,
+    as a client dropped unclosed does without us (its socket with it)."""
     found, seen = target
     pool = Pool()
     pool.getconn()
     assert "getconn" in vars(pool)
     gone = weakref.ref(pool)
     seen.clear()  # (the fixture's wrapper keeps the objects it saw)
-    del pool
-    gc.collect()
-    assert gone() is None
+    gc.disable()
+    try:
+        del pool
+        assert gone() is None
+    finally:
+        gc.enable()
     patching.revert((found,))  # with no object left to strip
     assert not patching.is_patched(found)
+
+
+def test_an_object_s_own_wrapper_looks_like_its_bound_method(target) -> None:  # type: ignore[no-untyped-def]
+    _found, _seen = target
+    pool = Pool()
+    pool.getconn()
+    method = pool.getconn
+    assert "getconn" in vars(pool) and method.__name__ == "getconn" and method.__qualname__ == "Pool.getconn"
+    assert method.__self__ is pool and method.__func__ is Pool.__dict__["getconn"].__wrapped__
+    assert method.__wrapped__ == Pool.__dict__["getconn"].__wrapped__.__get__(pool)
+    assert list(inspect.signature(method).parameters) == ["timeout"]
 
 
 def test_revert_leaves_a_method_the_object_set_itself(target) -> None:  # type: ignore[no-untyped-def]
