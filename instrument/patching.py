@@ -7,11 +7,21 @@ as wrapt has no unwrap. Both read the same table, so they cannot drift apart.
 A method called over and over on the same objects (a connection pool's ``getconn``, an HTTP client's
 transport) can be marked ``per_instance``: each object then gets, at its first call, a wrapper of its own in
 its ``__dict__``, so later calls skip what a class-level wrapper costs on every call: wrapt binding it to the
-object (about 4k instructions and 1.5-2 µs of a real request here, more than the call through it). That
-wrapper refers to its object weakly, so an object an application drops without closing it is freed at its
-last reference, as without us (tests/hardening/test_unclosed_clients.py counts the descriptors). Objects
+object (about 4k instructions and 1.5-2 µs of a real request here, more than the call through it). Objects
 that cannot hold one (no ``__dict__``, not weakly referenceable) and classes that override the method keep
 the class-level wrapper; ``revert`` removes the objects' wrappers too.
+
+How that wrapper holds its object depends on how applications use it. Objects that live as long as the
+application (a pool, a web app) are held by it: wrapt around the method bound to the object, the cheapest
+call. That is a reference cycle, so such an object, dropped, is freed by the cycle collector rather than at
+its last reference: fine for them, not for clients that applications make per call and drop unclosed, whose
+sockets would stay open until the collector ran (3,000 ``urllib3.PoolManager().request()`` calls left 5,909
+descriptors open instead of 8). Those targets are marked ``weakly`` too: the wrapper holds its object by a
+weak reference (one Python call more, 0.1 µs), so it goes at its last reference as without us
+(tests/hardening/test_unclosed_clients.py counts the descriptors). Its one difference from a bound method: a
+reference to it taken after the object's first call does not keep the object alive, so only methods that the
+library itself looks up and calls at once (a pool's ``urlopen``, a transport's ``handle_request``) are marked
+so, never one an application would hold on to.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ class Target:
     is_async: bool = False
     optional: bool = False  # missing in some versions of the library: skip quietly
     per_instance: bool = False  # a method of long-lived objects: each object gets its own wrapper (see above)
+    weakly: bool = False  # with per_instance: that wrapper holds its object weakly (clients made per call)
 
 
 # Our installed wrappers by id, to recognise them (a FunctionWrapper subclass would be the obvious mark,
@@ -95,7 +106,7 @@ def apply(targets: Iterable[Target], wrapper: Callable[..., Any], async_wrapper:
             continue
         chosen = async_wrapper if target.is_async and async_wrapper is not None else wrapper
         if target.per_instance and isinstance(parent, type) and isinstance(original, types.FunctionType):
-            installed = _PerInstance(name, original, chosen).install()
+            installed = _PerInstance(name, original, chosen, target.weakly).install()
         else:
             installed = wrapt.FunctionWrapper(original, chosen)
         _ours[id(installed)] = installed
@@ -118,20 +129,23 @@ def revert(targets: Iterable[Target]) -> None:
 
 
 class _Own:
-    """An object's own wrapper (see :class:`_PerInstance`): calls ``wrapper`` with the method bound to the
-    object, as the class-level wrapper would, holding the object by a weak reference only. Anything else
-    (``__name__``, ``__self__``, ``__wrapped__`` ...) is the bound method's."""
+    """An object's own wrapper that holds it weakly (see ``weakly``): calls the wrapper with the method bound to
+    the object, as the class-level wrapper would. Anything else (``__name__``, ``__self__``, ``__wrapped__``
+    ...) is the bound method's. ``_self_wrapper`` is named as wrapt names it, so that revert tells ours apart
+    from a method the object set itself the same way for both kinds."""
 
-    __slots__ = ("ref", "original", "wrapper")
+    __slots__ = ("ref", "original", "_self_wrapper")
 
     def __init__(self, ref: weakref.ref[Any], original: types.FunctionType, wrapper: Callable[..., Any]) -> None:
         self.ref = ref
         self.original = original
-        self.wrapper = wrapper
+        self._self_wrapper = wrapper
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         instance = self.ref()
-        return self.wrapper(self.original.__get__(instance), instance, args, kwargs)
+        if instance is None:  # held on to past its object's life (see ``weakly``)
+            raise ReferenceError(f"{self.original.__qualname__}: its object no longer exists")
+        return self._self_wrapper(self.original.__get__(instance), instance, args, kwargs)
 
     @property
     def __wrapped__(self) -> Any:
@@ -146,10 +160,11 @@ class _PerInstance:
 
     owners: ClassVar[dict[int, _PerInstance]] = {}  # id(class-level wrapper) -> its _PerInstance, until reverted
 
-    def __init__(self, name: str, original: types.FunctionType, wrapper: Callable[..., Any]) -> None:
+    def __init__(self, name: str, original: types.FunctionType, wrapper: Callable[..., Any], weakly: bool) -> None:
         self.name = name
         self.original = original
         self.wrapper = wrapper
+        self.weakly = weakly
         self.installed: Any = None
         self.held: weakref.WeakSet[Any] = weakref.WeakSet()  # the objects given a wrapper, for revert
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
@@ -177,7 +192,8 @@ class _PerInstance:
             if _PerInstance.owners.get(id(self.installed)) is not self:  # reverted meanwhile
                 return
             try:
-                own = _Own(weakref.ref(instance), self.original, self.wrapper)
+                own = (_Own(weakref.ref(instance), self.original, self.wrapper) if self.weakly
+                       else wrapt.FunctionWrapper(self.original.__get__(instance, cls), self.wrapper))
                 self.held.add(instance)  # first: an object revert could not find again gets none
             except TypeError:  # not weakly referenceable, or not hashable
                 self.eligible[cls] = False
@@ -193,6 +209,6 @@ class _PerInstance:
             for instance in list(self.held):
                 state = getattr(instance, "__dict__", None)
                 own = state.get(self.name) if state is not None else None
-                if own.__class__ is _Own and own.wrapper is self.wrapper:  # (not something the object set itself)
+                if getattr(own, "_self_wrapper", None) is self.wrapper:  # (not something the object set itself)
                     del state[self.name]
             self.held.clear()

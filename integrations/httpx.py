@@ -26,8 +26,8 @@ from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
 TARGETS = (
-    Target("httpx", "HTTPTransport.handle_request", per_instance=True),  # each transport its own wrapper
-    Target("httpx", "AsyncHTTPTransport.handle_async_request", is_async=True, per_instance=True),
+    Target("httpx", "HTTPTransport.handle_request", per_instance=True, weakly=True),  # each transport its own
+    Target("httpx", "AsyncHTTPTransport.handle_async_request", is_async=True, per_instance=True, weakly=True),
 )
 
 

@@ -42,8 +42,8 @@ TARGETS = (
     Target("psycopg", "AsyncCursor.execute", is_async=True),
     Target("psycopg", "AsyncCursor.executemany", is_async=True),
     Target("psycopg", "AsyncServerCursor.execute", is_async=True, optional=True),
-    Target("psycopg", "Connection.execute", per_instance=True),  # each connection its own wrapper
-    Target("psycopg", "AsyncConnection.execute", is_async=True, per_instance=True),
+    Target("psycopg", "Connection.execute"),
+    Target("psycopg", "AsyncConnection.execute", is_async=True),
     Target("psycopg", "AsyncConnection.cancel_safe", is_async=True),
 )
 

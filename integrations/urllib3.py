@@ -27,7 +27,7 @@ from instrument import _context, _http, _settings
 from instrument._call import ClientErrors, Endpoint
 from instrument.patching import Target, apply, revert
 
-TARGETS = (Target("urllib3.connectionpool", "HTTPConnectionPool.urlopen", per_instance=True),)  # each pool its own
+TARGETS = (Target("urllib3.connectionpool", "HTTPConnectionPool.urlopen", per_instance=True, weakly=True),)
 
 _suppressed = _context.suppressed
 

@@ -35,6 +35,11 @@ class SlotPool:  # no __dict__ to hold a wrapper
         return self, timeout
 
 
+class Client:  # made per call by applications: its target is marked weakly
+    def request(self, url: str) -> tuple[Any, str]:
+        return self, url
+
+
 class Unhashable(Pool):
     def __eq__(self, other: object) -> bool:
         return self is other
@@ -45,7 +50,7 @@ class Unhashable(Pool):
 @pytest.fixture
 def target():  # type: ignore[no-untyped-def]
     module = types.ModuleType("instrument_test_per_instance")
-    module.Pool, module.SlotPool = Pool, SlotPool  # type: ignore[attr-defined]
+    module.Pool, module.SlotPool, module.Client = Pool, SlotPool, Client  # type: ignore[attr-defined]
     sys.modules[module.__name__] = module
     seen: list[tuple[Any, tuple[Any, ...]]] = []
 
@@ -55,9 +60,10 @@ def target():  # type: ignore[no-untyped-def]
 
     found = Target(module.__name__, "Pool.getconn", per_instance=True)
     slotted = Target(module.__name__, "SlotPool.getconn", per_instance=True)
-    patching.apply((found, slotted), wrapper)
+    weak = Target(module.__name__, "Client.request", per_instance=True, weakly=True)
+    patching.apply((found, slotted, weak), wrapper)
     yield found, seen
-    patching.revert((found, slotted))
+    patching.revert((found, slotted, weak))
     del sys.modules[module.__name__]
 
 
@@ -91,12 +97,15 @@ def test_a_class_with_its_own_method_or_no_dict_keeps_the_class_level_wrapper(ta
 def test_revert_takes_every_object_s_wrapper_away_and_apply_brings_them_back(target) -> None:  # type: ignore[no-untyped-def]
     found, seen = target
     pools = [Pool() for _ in range(3)]
+    client = Client()
     for pool in pools:
         pool.getconn()
-    assert all("getconn" in vars(pool) for pool in pools)
-    patching.revert((found,))
+    client.request("/")
+    assert all("getconn" in vars(pool) for pool in pools) and "request" in vars(client)
+    patching.revert((found, Target(found.module, "Client.request", per_instance=True, weakly=True)))
     assert not patching.is_patched(found) and not any("getconn" in vars(pool) for pool in pools)
-    assert pools[0].getconn(5.0) == (pools[0], 5.0) and len(seen) == 3  # plain again
+    assert pools[0].getconn(5.0) == (pools[0], 5.0) and client.request("/c") == (client, "/c")
+    assert "request" not in vars(client) and len(seen) == 4  # plain again
     patching.apply((found,), lambda wrapped, instance, args, kwargs: seen.append((instance, args)) or wrapped(*args))
     pools[1].getconn(6.0)
     pools[1].getconn(7.0)
@@ -112,34 +121,61 @@ def test_a_call_through_the_class_keeps_the_object_s_wrapper(target) -> None:  #
     assert seen[-1] == (pool, (8.0,))
 
 
-def test_an_object_with_its_own_wrapper_is_freed_at_its_last_reference(target) -> None:  # type: ignore[no-untyped-def]
-    """Its wrapper refers to it weakly: no cycle, so it goes with its last reference, the cycle collector off,
-    as a client dropped unclosed does without us (its socket with it)."""
+def test_an_object_with_its_own_wrapper_is_freed_once_unreachable(target) -> None:  # type: ignore[no-untyped-def]
+    """Its wrapper refers to it (a cycle the collector frees); nothing of ours may keep it beyond that."""
     found, seen = target
     pool = Pool()
     pool.getconn()
     assert "getconn" in vars(pool)
     gone = weakref.ref(pool)
     seen.clear()  # (the fixture's wrapper keeps the objects it saw)
-    gc.disable()
-    try:
-        del pool
-        assert gone() is None
-    finally:
-        gc.enable()
+    del pool
+    gc.collect()
+    assert gone() is None
     patching.revert((found,))  # with no object left to strip
     assert not patching.is_patched(found)
 
 
+def test_a_weakly_held_object_is_freed_at_its_last_reference(target) -> None:  # type: ignore[no-untyped-def]
+    """A client made per call: its own wrapper holds it weakly, so it goes with its last reference, the cycle
+    collector off, as a client dropped unclosed does without us (its sockets with it)."""
+    _found, seen = target
+    client = Client()
+    assert client.request("/a") == (client, "/a") and client.request("/b") == (client, "/b")
+    assert "request" in vars(client) and seen[-2:] == [(client, ("/a",)), (client, ("/b",))]
+    gone = weakref.ref(client)
+    seen.clear()
+    gc.disable()
+    try:
+        del client
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_an_object_s_own_wrapper_looks_like_its_bound_method(target) -> None:  # type: ignore[no-untyped-def]
     _found, _seen = target
-    pool = Pool()
+    pool, client = Pool(), Client()
     pool.getconn()
-    method = pool.getconn
-    assert "getconn" in vars(pool) and method.__name__ == "getconn" and method.__qualname__ == "Pool.getconn"
-    assert method.__self__ is pool and method.__func__ is Pool.__dict__["getconn"].__wrapped__
-    assert method.__wrapped__ == Pool.__dict__["getconn"].__wrapped__.__get__(pool)
-    assert list(inspect.signature(method).parameters) == ["timeout"]
+    client.request("/")
+    for obj, name in ((pool, "getconn"), (client, "request")):
+        method = getattr(obj, name)
+        original = type(obj).__dict__[name].__wrapped__
+        assert name in vars(obj) and method.__name__ == name and method.__qualname__ == original.__qualname__
+        assert method.__self__ is obj and method.__func__ is original and method.__wrapped__ == original.__get__(obj)
+        assert list(inspect.signature(method).parameters) == list(inspect.signature(original).parameters)[1:]
+
+
+def test_a_weakly_held_method_kept_past_its_object_says_so(target) -> None:  # type: ignore[no-untyped-def]
+    _found, seen = target
+    client = Client()
+    client.request("/")
+    kept = client.request  # taken after the first call: the object's own wrapper, which does not keep it
+    seen.clear()
+    del client
+    gc.collect()
+    with pytest.raises(ReferenceError, match="Client.request: its object no longer exists"):
+        kept("/")
 
 
 def test_revert_leaves_a_method_the_object_set_itself(target) -> None:  # type: ignore[no-untyped-def]
