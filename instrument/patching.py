@@ -21,7 +21,10 @@ weak reference (one Python call more, 0.1 µs), so it goes at its last reference
 (tests/hardening/test_unclosed_clients.py counts the descriptors). Its one difference from a bound method: a
 reference to it taken after the object's first call does not keep the object alive, so only methods that the
 library itself looks up and calls at once (a pool's ``urlopen``, a transport's ``handle_request``) are marked
-so, never one an application would hold on to.
+so, never one an application would hold on to. A method called both on long-lived objects and on objects
+made per call (a psycopg connection's ``execute``, pooled or not) is marked ``on_request``: the class-level
+wrapper serves every object, and only the objects that the caller knows to be long-lived get their own,
+from :func:`own` (psycopg_pool's integration hands it each connection its pool lends).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any, ClassVar
 
 import wrapt
 
-__all__ = ["Target", "apply", "is_ours", "is_patched", "revert", "static_attribute"]
+__all__ = ["Target", "apply", "is_ours", "is_patched", "own", "revert", "static_attribute"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class Target:
     optional: bool = False  # missing in some versions of the library: skip quietly
     per_instance: bool = False  # a method of long-lived objects: each object gets its own wrapper (see above)
     weakly: bool = False  # with per_instance: that wrapper holds its object weakly (clients made per call)
+    on_request: bool = False  # with per_instance: only the objects handed to own() get one (see own)
 
 
 # Our installed wrappers by id, to recognise them (a FunctionWrapper subclass would be the obvious mark,
@@ -106,7 +110,7 @@ def apply(targets: Iterable[Target], wrapper: Callable[..., Any], async_wrapper:
             continue
         chosen = async_wrapper if target.is_async and async_wrapper is not None else wrapper
         if target.per_instance and isinstance(parent, type) and isinstance(original, types.FunctionType):
-            installed = _PerInstance(name, original, chosen, target.weakly).install()
+            installed = _PerInstance(name, original, chosen, target.weakly, target.on_request).install()
         else:
             installed = wrapt.FunctionWrapper(original, chosen)
         _ours[id(installed)] = installed
@@ -126,6 +130,15 @@ def revert(targets: Iterable[Target]) -> None:
             owners = _PerInstance.owners.pop(id(current), None)
             if owners is not None:
                 owners.strip()
+
+
+def own(instance: Any, name: str) -> None:
+    """Give ``instance`` its own wrapper of its method ``name`` now, if that is a ``per_instance`` target of
+    ours marked ``on_request``: for a method of objects that only the caller knows to be long-lived (a pool's
+    connections, whose ``execute`` applications also call on connections they make per call and drop)."""
+    per = _PerInstance.owners.get(id(static_attribute(type(instance), name)))
+    if per is not None:
+        per._own(instance)  # noqa: SLF001
 
 
 class _Own:
@@ -156,22 +169,26 @@ class _Own:
 
 
 class _PerInstance:
-    """A class-level wrapper that, on an object's first call, gives the object a wrapper of its own."""
+    """A class-level wrapper that, on an object's first call (or from :func:`own`), gives the object a wrapper
+    of its own."""
 
     owners: ClassVar[dict[int, _PerInstance]] = {}  # id(class-level wrapper) -> its _PerInstance, until reverted
 
-    def __init__(self, name: str, original: types.FunctionType, wrapper: Callable[..., Any], weakly: bool) -> None:
+    def __init__(self, name: str, original: types.FunctionType, wrapper: Callable[..., Any], weakly: bool,
+                 on_request: bool) -> None:
         self.name = name
         self.original = original
         self.wrapper = wrapper
         self.weakly = weakly
+        self.on_request = on_request
         self.installed: Any = None
         self.held: weakref.WeakSet[Any] = weakref.WeakSet()  # the objects given a wrapper, for revert
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
         self.lock = threading.Lock()  # an object's first call against revert's strip
 
     def install(self) -> Any:
-        self.installed = wrapt.FunctionWrapper(self.original, self._first)
+        # on_request: the class-level wrapper is a plain one (objects get theirs from own(), not at a first call)
+        self.installed = wrapt.FunctionWrapper(self.original, self.wrapper if self.on_request else self._first)
         _PerInstance.owners[id(self.installed)] = self
         return self.installed
 

@@ -42,8 +42,9 @@ TARGETS = (
     Target("psycopg", "AsyncCursor.execute", is_async=True),
     Target("psycopg", "AsyncCursor.executemany", is_async=True),
     Target("psycopg", "AsyncServerCursor.execute", is_async=True, optional=True),
-    Target("psycopg", "Connection.execute"),
-    Target("psycopg", "AsyncConnection.execute", is_async=True),
+    # a pool's connections get wrappers of their own (psycopg_pool's integration asks): see patching's on_request
+    Target("psycopg", "Connection.execute", per_instance=True, on_request=True),
+    Target("psycopg", "AsyncConnection.execute", is_async=True, per_instance=True, on_request=True),
     Target("psycopg", "AsyncConnection.cancel_safe", is_async=True),
 )
 

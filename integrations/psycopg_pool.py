@@ -15,7 +15,7 @@ from typing import Any
 import psycopg_pool
 
 from instrument._pool_metrics import PoolMetrics, Snapshot
-from instrument.patching import Target, apply, revert
+from instrument.patching import Target, apply, own, revert
 
 TARGETS = (  # a checkout and its return: each pool gets its own wrappers (patching's per_instance)
     Target("psycopg_pool", "ConnectionPool.getconn", per_instance=True),
@@ -59,6 +59,8 @@ def _getconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[st
     metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
     metrics.waited(now - start)
     conn._instrument_checkout = (now, metrics.used)  # what putconn records the use time with
+    if "execute" not in conn.__dict__:  # lives as long as the pool: its own execute wrapper (psycopg's, if on)
+        own(conn, "execute")
     return conn
 
 
@@ -92,6 +94,8 @@ async def _agetconn(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: 
     metrics = instance.__dict__.get(_METRICS) or metrics_for(instance)
     metrics.waited(now - start)
     conn._instrument_checkout = (now, metrics.used)
+    if "execute" not in conn.__dict__:
+        own(conn, "execute")
     return conn
 
 

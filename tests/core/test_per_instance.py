@@ -189,3 +189,31 @@ def test_revert_leaves_a_method_the_object_set_itself(target) -> None:  # type: 
     pool.getconn = own_getconn  # type: ignore[method-assign]
     patching.revert((found,))
     assert pool.getconn() == "its own"
+
+
+def test_an_on_request_target_gives_objects_their_own_only_when_asked() -> None:
+    """Objects made per call keep the class-level wrapper at every call; an object the caller knows to be
+    long-lived gets its own from own(), held by it; revert takes it away."""
+    module = types.ModuleType("instrument_test_per_instance_on_request")
+    module.Pool = Pool  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    seen: list[Any] = []
+    found = Target(module.__name__, "Pool.getconn", per_instance=True, on_request=True)
+    patching.apply((found,), lambda wrapped, instance, args, kwargs: seen.append(instance) or wrapped(*args, **kwargs))
+    try:
+        made, kept = Pool(), Pool()
+        made.getconn()
+        made.getconn()
+        assert "getconn" not in vars(made) and seen == [made, made]  # wrapped, at the class level
+        patching.own(kept, "getconn")
+        own = vars(kept)["getconn"]
+        assert kept.getconn(1.0) == (kept, 1.0) and seen[-1] is kept and own.__self__ is kept
+        patching.own(kept, "getconn")
+        assert vars(kept)["getconn"] is own  # once
+        patching.own(kept, "__init__")  # not a target: nothing
+        assert "__init__" not in vars(kept)
+        patching.revert((found,))
+        assert "getconn" not in vars(kept) and kept.getconn(2.0) == (kept, 2.0) and len(seen) == 3
+    finally:
+        patching.revert((found,))
+        del sys.modules[module.__name__]

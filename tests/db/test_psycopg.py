@@ -173,3 +173,29 @@ def test_connection_execute_runs_the_cursor_it_would_have_run(pg, tel) -> None: 
     assert seen == ["SELECT 4"]  # the application's cursor class is still the one that runs it
     spans = [s for s in tel.spans() if s.attributes.get("db.system.name") == "postgresql"]
     assert [s.attributes["db.query.text"] for s in spans] == ["SELECT %s::int", "SELECT ?", "SELECT ?", "SELECT ?"]
+
+
+def test_a_pool_s_connections_get_their_own_execute_wrapper(tel, patched) -> None:  # type: ignore[no-untyped-def]
+    """psycopg_pool lends the same connections over and over: each gets a wrapper of its own for ``execute``
+    (no binding of the class-level wrapper per statement); a connection made outside a pool does not (an
+    application may drop it unclosed); each statement is still one span; unpatching takes them away."""
+    need("postgresql")
+    psycopg_pool = pytest.importorskip("psycopg_pool")
+    patched("psycopg")
+    patched("psycopg_pool")
+    with psycopg_pool.ConnectionPool(PG_DSN, min_size=1, max_size=1, kwargs={"autocommit": True}, open=True) as pool:
+        for _ in range(3):
+            with pool.connection() as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert "execute" in vars(conn) and vars(conn)["execute"].__self__ is conn
+        assert [s.name for s in tel.spans()] == ["SELECT test"] * 3
+        with psycopg.connect(PG_DSN, autocommit=True) as alone:
+            alone.execute("SELECT 1")
+            assert "execute" not in vars(alone) and len(tel.spans()) == 4
+        from instrument import integrations
+
+        integrations.unpatch("psycopg")
+        assert "execute" not in vars(conn)
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+        assert len(tel.spans()) == 4
