@@ -182,7 +182,9 @@ class _PerInstance:
         self.weakly = weakly
         self.on_request = on_request
         self.installed: Any = None
-        self.held: weakref.WeakSet[Any] = weakref.WeakSet()  # the objects given a wrapper, for revert
+        # The objects given a wrapper, for revert. Weakly, and without their wrappers: a wrapper may refer to its
+        # object, so a table holding it (a WeakKeyDictionary's value) would keep the object alive for good.
+        self.held: weakref.WeakSet[Any] = weakref.WeakSet()
         self.eligible: dict[type, bool] = {}  # does the class resolve `name` to our class-level wrapper?
         self.lock = threading.Lock()  # an object's first call against revert's strip
 

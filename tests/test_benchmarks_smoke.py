@@ -146,7 +146,7 @@ def test_paired_statistics_and_the_sampled_out_verdict() -> None:
     assert Result("op", {"bare": [1.0] * 4, "x": [2.0] * 4}).difference_interval("x", "bare") is None  # too few
 
     def verdict(ours: float) -> str:
-        summary = {"op": "requests GET", "sampled_out": Stats(0, ours, 0), "record": Stats(0, 20.0, 0),
+        summary = {"op": "requests GET", "named": "requests GET", "sampled_out": Stats(0, ours, 0), "record": Stats(0, 20.0, 0),
                    "excess": Stats(0, ours - 20.0, 0), "excess_interval": (ours - 21.0, ours - 19.0),
                    "contrib_sampled_out": Stats(0, 100.0, 0), "ratio_sampled_out": ours / 100.0}
         return sampled_out_verdict(summary, 7.8)
