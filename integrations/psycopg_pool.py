@@ -3,7 +3,9 @@
 ``getconn`` (wait time, timeouts), ``putconn`` (use time) and ``_connect`` (create time) are wrapped at
 class level; ``connection()`` goes through them. Counts (idle/used), idle.max/idle.min/max and
 pending_requests are read from ``pool.get_stats()`` when metrics are collected. The pool name is the
-pool's own ``name``. The statements themselves are traced by the psycopg integration.
+pool's own ``name``. The statements themselves are traced by the psycopg integration; each connection a
+pool lends gets its own wrapper of ``execute`` from it (``patching.own``: it lives as long as the pool, so
+a statement need not bind the class-level wrapper to it each time).
 Switch off with INSTRUMENT_DISABLED_INTEGRATIONS=psycopg_pool.
 """
 
