@@ -130,12 +130,19 @@ def revert(targets: Iterable[Target]) -> None:
             owners = _PerInstance.owners.pop(id(current), None)
             if owners is not None:
                 owners.strip()
+                if owners.on_request:
+                    _on_request[owners.name] -= 1
+
+
+_on_request: dict[str, int] = {}  # method name -> how many on_request targets of that name are installed
 
 
 def own(instance: Any, name: str) -> None:
     """Give ``instance`` its own wrapper of its method ``name`` now, if that is a ``per_instance`` target of
     ours marked ``on_request``: for a method of objects that only the caller knows to be long-lived (a pool's
     connections, whose ``execute`` applications also call on connections they make per call and drop)."""
+    if not _on_request.get(name):  # (the target's integration is off: one lookup, not a walk of the MRO)
+        return
     per = _PerInstance.owners.get(id(static_attribute(type(instance), name)))
     if per is not None:
         per._own(instance)  # noqa: SLF001
@@ -192,6 +199,8 @@ class _PerInstance:
         # on_request: the class-level wrapper is a plain one (objects get theirs from own(), not at a first call)
         self.installed = wrapt.FunctionWrapper(self.original, self.wrapper if self.on_request else self._first)
         _PerInstance.owners[id(self.installed)] = self
+        if self.on_request:
+            _on_request[self.name] = _on_request.get(self.name, 0) + 1
         return self.installed
 
     def _first(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -217,3 +217,30 @@ def test_an_on_request_target_gives_objects_their_own_only_when_asked() -> None:
     finally:
         patching.revert((found,))
         del sys.modules[module.__name__]
+
+
+def test_own_is_a_single_lookup_while_no_on_request_target_of_that_name_is_installed() -> None:
+    """psycopg_pool asks on every checkout of a connection without one; with psycopg's integration off, that
+    must not walk the connection's class hierarchy each time."""
+    module = types.ModuleType("instrument_test_per_instance_own_off")
+    module.Pool = Pool  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    found = Target(module.__name__, "Pool.getconn", per_instance=True, on_request=True)
+    walked: list[Any] = []
+    real = patching.static_attribute
+    patching.static_attribute = lambda cls, name: walked.append(cls) or real(cls, name)  # type: ignore[assignment]
+    try:
+        pool = Pool()
+        patching.own(pool, "getconn")
+        assert walked == [] and "getconn" not in vars(pool)
+        patching.apply((found,), lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+        patching.own(pool, "getconn")
+        assert walked and "getconn" in vars(pool)
+        patching.revert((found,))
+        walked.clear()
+        patching.own(Pool(), "getconn")
+        assert walked == []
+    finally:
+        patching.static_attribute = real  # type: ignore[assignment]
+        patching.revert((found,))
+        del sys.modules[module.__name__]
